@@ -1,0 +1,49 @@
+"""Model registry: builders registered by name, created by name.
+
+Builders are plain functions ``name(*, num_classes=..., in_channels=..., **kw)``
+registered with :func:`register_model`; the function name is the model name.
+The registry is filled when :mod:`moderncnn.models` is imported, which
+``import moderncnn`` does explicitly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Callable
+
+import torch.nn as nn
+
+__all__ = ["register_model", "create_model", "list_models", "get_model_builder"]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register ``fn`` under its own name; a second builder with the same name is an error."""
+    name = fn.__name__
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is registered twice ({_MODELS[name].__module__} and {fn.__module__})")
+    _MODELS[name] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style wildcard, e.g. ``"resnet*"``."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern.lower()))
+
+
+def get_model_builder(name: str) -> Callable[..., nn.Module]:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name.lower(), _MODELS, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} ('moderncnn list' shows all {len(_MODELS)} models)") from None
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model: ``create_model("resnet18", num_classes=10, in_channels=1)``."""
+    model = get_model_builder(name)(**kwargs)
+    model.model_name = name
+    return model
