@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import shlex
 import sys
+from pathlib import Path
 
 
 class CLIError(Exception):
@@ -19,6 +22,17 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
     if len(dims) != 3 or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"--input must be CxHxW, e.g. 1x224x224 (got {text!r})")
     return dims  # type: ignore[return-value]
+
+
+def parse_model_arg(text: str) -> tuple[str, object]:
+    """``"ratio=8"`` -> ``("ratio", 8)``: the value is a Python literal (8, 0.5, False, "x") or else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"--model-arg must be NAME=VALUE, e.g. ratio=8 (got {text!r})")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -47,6 +61,80 @@ def cmd_summary(args: argparse.Namespace) -> None:
         print(summary(model, size, depth=args.depth))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import fit
+
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "resize", "subset", "dataset")
+                 if getattr(args, k) is not None}
+    model_kwargs = dict(args.model_arg or [])
+    if args.ratio is not None:
+        model_kwargs["ratio"] = args.ratio
+    if model_kwargs:
+        overrides["model_kwargs"] = model_kwargs
+    out = args.out or Path("runs") / f"{args.model}-{args.recipe}"
+    fit(args.model, args.recipe, out, args.device, seed=args.seed, data_dir=args.data_dir,
+        download=not args.no_download, amp=False if args.no_amp else None, channels_last=args.channels_last,
+        compile=args.compile, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+        command=args.command_line, **overrides)
+    if not args.quiet:
+        print(f"run directory: {out}", file=sys.stderr)
+
+
+def _eval_dataset(meta: dict, given: str | None) -> str:
+    """The data set a run was trained on, as load_dataset takes it (or the one the user names)."""
+    from .data import DATASETS
+
+    if given:
+        return given
+    name = meta.get("data", {}).get("name", "")
+    if name in DATASETS:
+        return name
+    if name.startswith("folder:"):
+        return name.removeprefix("folder:")
+    raise CLIError(f"the run was trained on data {name!r} that cannot be loaded by name; pass --dataset")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+    from .evaluate import evaluate, format_per_class, plot_confusion, select_device
+
+    device = select_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device)
+    inputs = meta.get("input", {})
+    test = load_dataset(_eval_dataset(meta, args.dataset), "test", root=args.data_dir, download=not args.no_download,
+                        image_size=inputs.get("native_size"))
+    if list(test.classes) != meta.get("data", {}).get("classes", test.classes):
+        raise CLIError(f"the test set's classes differ from the run's ({len(test.classes)} vs "
+                       f"{len(meta['data']['classes'])}); pass the --dataset it was trained on")
+    normalize = inputs.get("normalize")
+    result = evaluate(model, test, device, batch_size=args.batch_size, resize=inputs.get("resize"),
+                      normalize=tuple(normalize) if normalize else None)
+    out = Path(args.out) if args.out else Path(meta["run_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_confusion(result, out / "confusion.png",
+                         title=f"{meta['model']} on {test.name} test: accuracy {result['accuracy']:.3f}")
+    print(f"{meta['model']} (epoch {meta.get('epoch')}) on {test.name} test ({result['num_examples']} images, "
+          f"{test.source}): test acc {result['accuracy']:.3f}")
+    print(format_per_class(result))
+    print(f"confusion matrix: {png}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .checkpoint import load_checkpoint
+    from .evaluate import predict, select_device
+
+    if args.topk < 1:
+        raise CLIError(f"--topk must be at least 1, got {args.topk}")
+    model, meta = load_checkpoint(args.checkpoint, select_device(args.device))
+    inputs = meta.get("input", {})
+    normalize = inputs.get("normalize")
+    results = predict(model, args.images, meta.get("data", {}).get("classes"), args.topk,
+                      size=inputs.get("size"), normalize=tuple(normalize) if normalize else None)
+    for path, top in zip(args.images, results):
+        print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moderncnn",
@@ -72,12 +160,76 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the book's walk instead: one line per top-level block with its output shape")
     p.set_defaults(func=cmd_summary)
 
+    p = sub.add_parser(
+        "train",
+        help="train a model with the book's recipe (or a modern one); checkpoints every epoch",
+        description="Train MODEL like d2l's train_ch6 (--recipe book) or with a modern recipe. Writes a run "
+                    "directory: run.json, metrics.jsonl, curves.png, model.safetensors, state.pt. Ctrl-C keeps "
+                    "the last finished epoch; --resume continues from it.",
+    )
+    p.add_argument("model", help="a name from 'moderncnn list'")
+    p.add_argument("--recipe", choices=("book", "modern"), default="book",
+                   help="book: d2l's recipe for this model (default); modern: momentum, schedule, augmentation")
+    g = p.add_argument_group("recipe overrides (default: the recipe's value)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--resize", type=int, help="resize images to RESIZE x RESIZE pixels")
+    g.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only")
+    g.add_argument("--ratio", type=int, help="vgg11_book: divide every channel count by RATIO (book: 4)")
+    g.add_argument("--model-arg", type=parse_model_arg, action="append", metavar="NAME=VALUE",
+                   help="pass a keyword to the model builder, e.g. --model-arg ratio=8 (repeatable)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="fashion-mnist (default), mnist, cifar10, or a folder of class sub-folders")
+    g.add_argument("--data-dir", help="where the data set's files are (else $MODERNCNN_DATA, then the cache)")
+    g.add_argument("--no-download", action="store_true", help="never download a missing data set")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", help="run directory (default: runs/MODEL-RECIPE)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the init, the shuffle and dropout (default 0)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up not timed)")
+    g.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast on cuda and cpu)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for cuda, off for cpu)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (the final result is still printed)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="test accuracy, per-class accuracy and a confusion matrix of a trained run",
+        description="Evaluate a run directory (or its model.safetensors) on the test split of the data set it "
+                    "was trained on; writes confusion.png into the run directory or --out.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR")
+    p.add_argument("--out", help="directory for confusion.png (default: the run directory)")
+    p.add_argument("--dataset", help="evaluate on this data set instead of the run's")
+    p.add_argument("--data-dir", help="where the data set's files are (else $MODERNCNN_DATA, then the cache)")
+    p.add_argument("--no-download", action="store_true", help="never download a missing data set")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "predict",
+        help="top-k classes of image files",
+        description="Classify image files with a trained run: any size or colour mode, converted to what the "
+                    "model was trained on (grey/RGB, its input size).",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--topk", type=int, default=3, help="how many classes to show (default 3)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    p.set_defaults(func=cmd_predict)
+
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = "moderncnn " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:

@@ -1,0 +1,183 @@
+"""Run directories: atomic checkpoint files and the model rebuilt from them.
+
+A run directory holds ``run.json`` (what was trained, how, on what),
+``model.safetensors`` (the weights after the last finished epoch),
+``state.pt`` (optimizer, scheduler, RNG, epoch and history: what ``--resume``
+needs), ``metrics.jsonl`` (one JSON object per epoch) and ``curves.png``.
+Every file is written to a temporary file in the same directory, fsync'ed and
+moved over the old one with ``os.replace``, so an interrupted write leaves the
+previous version intact. The weights carry their epoch in the safetensors
+metadata so a crash between the weights and the state is detected on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import safe_open
+from safetensors.torch import save as st_save
+
+__all__ = ["RUN_FILES", "RunFiles", "atomic_write", "save_weights", "load_weights", "weights_epoch", "save_state",
+           "load_state", "read_run_json", "write_run_json", "resolve_run", "load_checkpoint", "deferred_interrupt"]
+
+
+class RunFiles:
+    """The paths of one run directory."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.run_json = self.dir / "run.json"
+        self.weights = self.dir / "model.safetensors"
+        self.state = self.dir / "state.pt"
+        self.metrics = self.dir / "metrics.jsonl"
+        self.curves = self.dir / "curves.png"
+        self.confusion = self.dir / "confusion.png"
+
+    def all(self) -> list[Path]:
+        return [self.run_json, self.weights, self.state, self.metrics, self.curves, self.confusion]
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+RUN_FILES = tuple(p.name for p in RunFiles(".").all())
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it the permissions open() would
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every OS)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so a checkpoint's files are never left half-updated."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda *a: received.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+
+
+def save_weights(path: str | Path, model: nn.Module, epoch: int) -> None:
+    """The model's state dict as safetensors (contiguous fp32 copies, so channels_last does not leak in)."""
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in _unwrap(model).state_dict().items()}
+    atomic_write(path, st_save(tensors, metadata={"epoch": str(epoch), "format": "pt"}))
+
+
+def weights_epoch(path: str | Path) -> int | None:
+    """The epoch stored in a weights file's metadata (None when it has none)."""
+    with safe_open(str(path), framework="pt") as f:
+        value = (f.metadata() or {}).get("epoch")
+    return int(value) if value is not None else None
+
+
+def load_weights(path: str | Path, model: nn.Module) -> None:
+    """Load a safetensors file into ``model`` (strict: every key must match)."""
+    path = Path(path)
+    try:
+        tensors = st_load(path.read_bytes())
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); retrain or restore it") from None
+    try:
+        _unwrap(model).load_state_dict(tensors)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"{path} does not fit the model {getattr(model, 'model_name', '')}: {first}") from None
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_run_json(path: str | Path, meta: dict[str, Any]) -> None:
+    atomic_write(path, (json.dumps(meta, indent=2, default=str) + "\n").encode())
+
+
+def read_run_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
+
+
+def resolve_run(path: str | Path) -> RunFiles:
+    """A run directory, or a ``model.safetensors`` file inside one, as :class:`RunFiles`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such checkpoint or run directory: {path}")
+    files = RunFiles(path if path.is_dir() else path.parent)
+    if path.is_file():
+        files.weights = path
+    for p in (files.weights, files.run_json):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p} is missing: give a run directory written by 'moderncnn train' (it holds run.json and "
+                f"model.safetensors)")
+    return files
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from its run directory (or its ``model.safetensors``), in eval mode.
+
+    Returns ``(model, metadata)``: metadata is ``run.json`` plus ``"epoch"`` (of the weights) and
+    ``"run_dir"``.
+    """
+    from .registry import create_model
+
+    files = resolve_run(path)
+    meta = read_run_json(files.run_json)
+    try:
+        model = create_model(meta["model"], **meta.get("model_kwargs", {}))
+    except KeyError:
+        raise ValueError(f"{files.run_json} names no model; the run directory is damaged") from None
+    load_weights(files.weights, model)
+    meta["epoch"] = weights_epoch(files.weights)
+    meta["run_dir"] = str(files.dir)
+    return model.to(device).eval(), meta

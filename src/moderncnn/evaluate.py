@@ -1,0 +1,197 @@
+"""Evaluation and prediction: accuracy, per-class accuracy, confusion matrix, top-k classes of images."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ["select_device", "autocast", "evaluate", "format_per_class", "plot_confusion", "load_images",
+           "predict"]
+
+Normalize = tuple[Sequence[float], Sequence[float]]
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else cuda, then mps, then cpu. ``"cuda"`` becomes ``cuda:0`` (the book prints that)."""
+    if device is None:
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+        device = torch.device("cuda", device.index or 0)
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps asked for, but MPS is not available; use --device cpu")
+    return device
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision on ``device`` when ``dtype`` is given; a no-op otherwise."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _batches(data: Any, device: torch.device, batch_size: int, resize: int | None, normalize: Normalize | None,
+             channels_last: bool) -> tuple[Iterable, list[str] | None]:
+    """(x, y) batches on ``device`` from an ImageDataset, or any iterable of (x, y) batches as it is."""
+    from .data import DeviceLoader, ImageDataset
+
+    if isinstance(data, ImageDataset):
+        loader = DeviceLoader(data, batch_size, device=device, resize=resize, normalize=normalize,
+                              channels_last=channels_last)
+        return loader, list(data.classes)
+    return data, list(getattr(getattr(data, "dataset", None), "classes", []) or []) or None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, device: str | torch.device | None = None, *, batch_size: int = 256,
+             resize: int | None = None, normalize: Normalize | None = None, channels_last: bool = False,
+             amp_dtype: torch.dtype | None = None, classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """Accuracy, per-class accuracy and confusion matrix of ``model`` on ``data``.
+
+    ``data`` is an :class:`~moderncnn.data.ImageDataset` (batched here with ``resize``/``normalize``) or an
+    iterable of ``(x, y)`` batches already prepared (e.g. a :class:`~moderncnn.data.DeviceLoader`). Counts
+    stay on the device until the end (one host sync). Returns ``{"accuracy": float, "per_class": {class:
+    accuracy}, "confusion": int64 tensor [true, predicted], "classes": [...], "num_examples": int}``.
+    """
+    device = select_device(device) if device is not None else next(model.parameters()).device
+    batches, found = _batches(data, device, batch_size, resize, normalize, channels_last)
+    classes = list(classes or found or [])
+    k = len(classes) or getattr(model, "num_classes", None)
+    if not k:
+        raise ValueError("evaluate needs the class names (classes=[...]) or a model with num_classes")
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
+    try:
+        for x, y in batches:
+            with autocast(device, amp_dtype):
+                logits = model(x)
+            confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k)
+    finally:
+        model.train(was_training)
+    confusion = confusion.view(k, k).cpu()
+    total = int(confusion.sum())
+    if total == 0:
+        raise ValueError("evaluate got no examples: the test set is empty")
+    per_true = confusion.sum(1).clamp_min(1)
+    names = classes or [str(i) for i in range(k)]
+    per_class = dict(zip(names, (confusion.diag() / per_true).tolist()))
+    return {"accuracy": confusion.diag().sum().item() / total, "per_class": per_class, "confusion": confusion,
+            "classes": names, "num_examples": total}
+
+
+def format_per_class(result: dict[str, Any]) -> str:
+    """The per-class accuracy of :func:`evaluate` as a small text table."""
+    width = max(len("class"), *(len(c) for c in result["per_class"]))
+    counts = result["confusion"].sum(1).tolist()
+    lines = [f"{'class':<{width}}  accuracy  images"]
+    lines += [f"{c:<{width}}  {a:8.3f}  {n:6d}" for (c, a), n in zip(result["per_class"].items(), counts)]
+    lines.append(f"{'all':<{width}}  {result['accuracy']:8.3f}  {result['num_examples']:6d}")
+    return "\n".join(lines)
+
+
+def plot_confusion(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
+    """Save the confusion matrix of :func:`evaluate` as a PNG (rows: true class, columns: predicted)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .checkpoint import atomic_write
+
+    cm = result["confusion"].float()
+    rows = cm / cm.sum(1, keepdim=True).clamp_min(1)
+    names = result["classes"]
+    k = len(names)
+    fig = Figure(figsize=(1.2 + 0.6 * k, 1.0 + 0.55 * k))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, int(result["confusion"][i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"test accuracy {result['accuracy']:.3f}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write(path, buf.getvalue())
+    return Path(path)
+
+
+def load_images(paths: Sequence[str | Path], channels: int, size: int) -> torch.Tensor:
+    """Read image files as one uint8 batch (N, channels, size, size): grey or RGB, resized (antialiased).
+
+    Any format and colour mode Pillow reads is accepted; a missing file or one that is not an image is a
+    one-line error naming it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from .data import resize_batch
+
+    if channels not in (1, 3):
+        raise ValueError(f"images can be read for 1- or 3-channel models, not {channels}-channel ones")
+    batch = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise FileNotFoundError(f"no such image file: {p}")
+        try:
+            with Image.open(p) as im:
+                im = im.convert("L" if channels == 1 else "RGB")
+                t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+                t = t.view(im.height, im.width, channels).permute(2, 0, 1)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{p} is not an image Pillow can read ({type(e).__name__}); give a PNG/JPEG/... file") from None
+        batch.append(resize_batch(t[None].float(), size).round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(batch)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor | Sequence[str | Path], classes: Sequence[str] | None = None,
+            topk: int = 3, *, size: int | None = None, normalize: Normalize | None = None,
+            device: str | torch.device | None = None) -> list[list[tuple[str, float]]]:
+    """Top-k ``(class, probability)`` for each image.
+
+    ``images``: file paths, or a batch (N, C, H, W) as uint8 or floats in [0, 1]. They are resized to
+    ``size`` (default: the model's ``default_image_size``) and normalised with ``normalize=(mean, std)``
+    when the model was trained so. ``classes`` defaults to the class indices as strings.
+    """
+    device = select_device(device) if device is not None else next(model.parameters()).device
+    size = size or getattr(model, "default_image_size", None)
+    if isinstance(images, torch.Tensor):
+        from .data import resize_batch
+
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        if size:
+            x = resize_batch(x, size)
+    else:
+        if not size:
+            raise ValueError("predict needs size= for images read from files (the model has no default size)")
+        x = load_images(images, getattr(model, "in_channels", 3), size).float() / 255
+    if normalize is not None:
+        mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in normalize)
+        x = (x - mean) / std
+    model.eval()
+    probs = model(x.to(device)).float().softmax(1)
+    k = min(topk, probs.shape[1])
+    top = probs.topk(k, dim=1)
+    names = list(classes) if classes else [str(i) for i in range(probs.shape[1])]
+    return [[(names[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(top.values.cpu(), top.indices.cpu())]

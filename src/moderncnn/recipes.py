@@ -1,0 +1,177 @@
+"""Training recipes as data: the book's nine chapter-6/7 experiments and a modern variant of each.
+
+``book`` reproduces d2l's ``train_ch6``: Xavier-uniform init of every Conv2d and
+Linear weight, plain SGD (no momentum, weight decay or schedule),
+cross-entropy, images in [0, 1] with no normalisation, 10 epochs on
+Fashion-MNIST with the lr / batch / resize printed in the book.
+
+``modern`` keeps the book's batch, resize, epochs and init (and the model
+itself, batch norm or not) and changes only the optimisation: SGD with
+Nesterov momentum 0.9, weight decay 5e-4 on conv/linear weights, a one-cycle
+schedule peaking at the book's lr divided by ``MODERN_LR_DIVISOR`` (momentum
+0.9 multiplies the effective step by 10), label smoothing 0.1, random crop +
+horizontal flip, and per-channel normalisation by the training set's mean/std.
+
+A model with no book experiment borrows the book recipe of its family (the
+longest book name it starts with, else its family's book form); failing
+that, :data:`GENERIC`. Its resize is clamped to the sizes the model accepts;
+``Recipe.based_on`` says which recipe was borrowed and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Recipe", "BookFigures", "BOOK_RECIPES", "BOOK_FIGURES", "BOOK_BUILDS", "RECIPES", "GENERIC",
+           "MODERN_LR_DIVISOR", "get_recipe"]
+
+RECIPES = ("book", "modern")
+BOOK_BUILDS = ("zh 2.0.0", "en 0.17.5")
+#: The modern recipe's peak lr is the book's lr divided by this (momentum 0.9 makes the step 10x larger).
+MODERN_LR_DIVISOR = 5.0
+
+
+@dataclass(frozen=True)
+class BookFigures:
+    """What one build of the book printed at the end of an experiment."""
+
+    loss: float
+    train_acc: float
+    test_acc: float
+    examples_per_sec: float
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every value that decides how a model is trained (speed options such as bf16 are not here)."""
+
+    model: str
+    name: str = "book"
+    lr: float = 0.1
+    batch_size: int = 256
+    epochs: int = 10
+    resize: int | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "fashion-mnist"
+    subset: int | None = None
+    init: str = "xavier"  # "xavier" (d2l's init_weights) or "default" (whatever the builder does)
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "constant", "onecycle" or "cosine"
+    label_smoothing: float = 0.0
+    augment: bool = False
+    normalize: bool = False
+    #: The key of :data:`BOOK_FIGURES` this recipe reproduces, if it is one of the book's experiments.
+    book: str | None = None
+    based_on: str = ""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.name in RECIPES, f"recipe name must be one of {', '.join(RECIPES)}"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.resize is None or self.resize >= 1, "resize must be >= 1 (or None: the native size)"),
+            (self.subset is None or self.subset >= 1, "subset must be >= 1 (or None: every image)"),
+            (self.init in ("xavier", "default"), "init must be 'xavier' or 'default'"),
+            (self.schedule in ("constant", "onecycle", "cosine"), "schedule must be constant, onecycle or cosine"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"bad recipe for {self.model or 'a model'}: {message}")
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with some values changed; unknown names are a one-line error listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(self)}
+        bad = sorted(set(changes) - names)
+        if bad:
+            raise ValueError(f"unknown recipe value(s) {', '.join(bad)}; valid: {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def differences(self, other: "Recipe", ignore: tuple[str, ...] = ("based_on",)) -> dict[str, tuple]:
+        """``{name: (self's value, other's value)}`` for every value that differs."""
+        a, b = self.as_dict(), other.as_dict()
+        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+def _book(model: str, lr: float, batch_size: int, resize: int | None, title: str, **model_kwargs: Any) -> Recipe:
+    return Recipe(model=model, lr=lr, batch_size=batch_size, resize=resize, model_kwargs=model_kwargs,
+                  book=model, based_on=f"the book's {title} experiment")
+
+
+BOOK_RECIPES: dict[str, Recipe] = {r.model: r for r in (
+    _book("lenet", 0.9, 256, None, "LeNet (ch. 6)"),
+    _book("alexnet", 0.01, 128, 224, "AlexNet"),
+    _book("vgg11_book", 0.05, 128, 224, "VGG-11 (channels / 4)", ratio=4),
+    _book("nin", 0.1, 128, 224, "NiN"),
+    _book("googlenet", 0.1, 128, 96, "GoogLeNet"),
+    _book("lenet_bn_scratch", 1.0, 256, None, "LeNet + BN (from scratch)"),
+    _book("lenet_bn", 1.0, 256, None, "LeNet + BN (concise)"),
+    _book("resnet18_book", 0.05, 256, 96, "ResNet-18"),
+    _book("densenet_book", 0.1, 256, 96, "DenseNet"),
+)}
+
+_F = BookFigures
+#: ``BOOK_FIGURES[model][build]``: the book's printed figures (/work/shared/BOOK.md), V100, 10 epochs.
+BOOK_FIGURES: dict[str, dict[str, BookFigures]] = {
+    "lenet": {"zh 2.0.0": _F(0.469, 0.823, 0.779, 55297), "en 0.17.5": _F(0.455, 0.831, 0.789, 72323)},
+    "alexnet": {"zh 2.0.0": _F(0.331, 0.878, 0.883, 3942), "en 0.17.5": _F(0.327, 0.880, 0.882, 4171)},
+    "vgg11_book": {"zh 2.0.0": _F(0.178, 0.935, 0.920, 2464), "en 0.17.5": _F(0.185, 0.931, 0.922, 2551)},
+    "nin": {"zh 2.0.0": _F(0.563, 0.786, 0.790, 3088), "en 0.17.5": _F(0.591, 0.795, 0.785, 3201)},
+    "googlenet": {"zh 2.0.0": _F(0.262, 0.900, 0.886, 3266), "en 0.17.5": _F(0.232, 0.913, 0.883, 3568)},
+    "lenet_bn_scratch": {"zh 2.0.0": _F(0.273, 0.899, 0.807, 32294), "en 0.17.5": _F(0.269, 0.900, 0.838, 34609)},
+    "lenet_bn": {"zh 2.0.0": _F(0.267, 0.902, 0.708, 50597), "en 0.17.5": _F(0.278, 0.897, 0.836, 63564)},
+    "resnet18_book": {"zh 2.0.0": _F(0.012, 0.997, 0.893, 5033), "en 0.17.5": _F(0.013, 0.997, 0.918, 4672)},
+    "densenet_book": {"zh 2.0.0": _F(0.140, 0.948, 0.885, 5626), "en 0.17.5": _F(0.139, 0.950, 0.821, 5563)},
+}
+
+#: For a model with no book experiment: used when neither its name nor its family matches a book recipe.
+GENERIC = Recipe(model="", lr=0.05, batch_size=128, based_on="the generic recipe (no book recipe for its family)")
+
+# A family's book form, for paper forms whose name does not start with a book name (vgg16, resnet50, ...).
+_FAMILY_BOOK_FORM = {"lenet": "lenet", "alexnet": "alexnet", "vgg": "vgg11_book", "nin": "nin",
+                     "googlenet": "googlenet", "resnet": "resnet18_book", "densenet": "densenet_book"}
+
+
+def _borrowed(model: str) -> Recipe:
+    """The book recipe a model with no book experiment borrows (model_kwargs not carried over)."""
+    starts = [k for k in BOOK_RECIPES if model.startswith(k)]
+    key = max(starts, key=len) if starts else next(
+        (v for k, v in _FAMILY_BOOK_FORM.items() if model.startswith(k)), None)
+    if key is None:
+        return GENERIC.replace(model=model)
+    return BOOK_RECIPES[key].replace(
+        model=model, model_kwargs={}, book=None,
+        based_on=f"the book recipe of {key} (no book experiment for {model})")
+
+
+def modernize(recipe: Recipe) -> Recipe:
+    """The ``modern`` recipe derived from a ``book`` one (see the module docstring)."""
+    return recipe.replace(
+        name="modern", lr=recipe.lr / MODERN_LR_DIVISOR, momentum=0.9, nesterov=True, weight_decay=5e-4,
+        schedule="onecycle", label_smoothing=0.1, augment=True, normalize=True, book=None,
+        based_on=f"modern variant of {recipe.based_on}")
+
+
+def get_recipe(model: str, recipe: str = "book", **overrides: Any) -> Recipe:
+    """The named recipe for a registered model name, with any value overridden.
+
+    ``get_recipe("vgg11_book", "book", epochs=2, model_kwargs={"ratio": 8})``.
+    The resize of a borrowed recipe is not yet fitted to the model; the trainer does that.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    base = BOOK_RECIPES[model] if model in BOOK_RECIPES else _borrowed(model)
+    if recipe == "modern":
+        base = modernize(base)
+    kwargs = overrides.pop("model_kwargs", None)
+    if kwargs:
+        overrides["model_kwargs"] = {**base.model_kwargs, **kwargs}
+    return base.replace(**overrides)

@@ -1,0 +1,545 @@
+"""The trainer: d2l's ``train_ch6`` as a library, with checkpoints, metrics and speed options.
+
+``fit("lenet")`` trains the book's LeNet with the book's recipe and returns a
+:class:`TrainResult`; ``fit(..., out_dir="runs/x")`` also writes a run
+directory (see :mod:`moderncnn.checkpoint`) that ``resume=True`` continues.
+One training step is :func:`make_train_step`, which the benchmarks time too.
+
+Speed options change how, not what, is computed: bf16 autocast (batch norm
+and the loss stay in fp32, autocast's own rule), channels_last, optional
+``torch.compile``; loss and accuracy are summed on the device and read once
+per epoch, so the step never waits for the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import (RunFiles, atomic_write, deferred_interrupt, load_state, load_weights, read_run_json,
+                         save_state, save_weights, weights_epoch, write_run_json)
+from .evaluate import autocast, evaluate, select_device
+from .recipes import BOOK_FIGURES, BOOK_RECIPES, Recipe, get_recipe
+from .registry import get_model_builder
+
+__all__ = ["TrainResult", "fit", "init_weights", "build_optimizer", "build_scheduler", "build_loss",
+           "make_train_step", "default_speed", "format_final", "plot_curves", "TrainStep"]
+
+TrainStep = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: the trained model, one dict per epoch, the final figures and the files."""
+
+    model: nn.Module
+    recipe: Recipe
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+    device: torch.device
+    run_dir: Path | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return format_final(self.final, self.recipe)
+
+
+def init_weights(model: nn.Module) -> nn.Module:
+    """d2l's ``init_weights``: Xavier-uniform on the weight of every exact Linear/Conv2d; biases untouched."""
+    def init(m: nn.Module) -> None:
+        if type(m) in (nn.Linear, nn.Conv2d):  # the book's type(m) == ..., so subclasses keep their own init
+            nn.init.xavier_uniform_(m.weight)
+
+    return model.apply(init)
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device | None = None) -> torch.optim.SGD:
+    """Plain SGD for the book; momentum/Nesterov and weight decay on conv/linear weights only for others."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.weight_decay:
+        decay = [p for p in params if p.dim() > 1]
+        rest = [p for p in params if p.dim() <= 1]
+        groups: Any = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    else:
+        groups = params
+    fused = device is not None and device.type == "cuda"
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                           fused=fused or None, foreach=None if fused else True)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
+    """The recipe's per-step lr schedule, or None for the book's constant lr."""
+    total = recipe.epochs * steps_per_epoch
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total)
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return None
+
+
+def build_loss(recipe: Recipe) -> nn.CrossEntropyLoss:
+    return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+
+def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, *,
+                    amp_dtype: torch.dtype | None = None, scheduler: Any = None) -> TrainStep:
+    """One SGD step as a function ``step(x, y) -> (loss * batch, correct)``, both 0-dim device tensors.
+
+    Nothing in it waits for the device. A model that returns ``(logits, *aux)`` in training mode (it has
+    ``aux_loss_weight``) is trained on ``CE(logits) + aux_loss_weight * sum(CE(aux))``; accuracy and the
+    reported loss come from the logits' term only.
+    """
+    aux_weight = float(getattr(getattr(model, "_orig_mod", model), "aux_loss_weight", 0.0) or 0.0)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(x.device, amp_dtype):
+            out = model(x)
+            logits, *aux = out if isinstance(out, (tuple, list)) else (out,)
+            main = loss_fn(logits, y)
+            loss = main + aux_weight * sum(loss_fn(a, y) for a in aux) if aux else main
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        return main.detach().float() * y.shape[0], (logits.detach().argmax(1) == y).sum()
+
+    return step
+
+
+def default_speed(device: torch.device) -> dict[str, Any]:
+    """bf16 autocast and channels_last where they pay off (measured; see docs), else off."""
+    if device.type == "cuda":
+        return {"amp_dtype": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+                "channels_last": True}
+    if device.type == "cpu":
+        # Measured on a 2-core Xeon with AMX-bf16 (batch 128): bf16 makes AlexNet 2.4x faster and LeNet
+        # about even; channels_last makes LeNet 1.6x faster but AlexNet 3x slower, so it stays off.
+        return {"amp_dtype": torch.bfloat16, "channels_last": False}
+    return {"amp_dtype": None, "channels_last": False}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in float64 chunks (no big float copy)."""
+    c = images.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
+        s += x.sum(1)
+        s2 += (x * x).sum(1)
+    n = images.numel() / c
+    mean = s / n
+    std = (s2 / n - mean * mean).clamp_min(1e-12).sqrt()
+    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+
+
+def _fit_resize(recipe: Recipe, model: nn.Module, native: int, explicit: bool) -> Recipe:
+    """A resize the user did not set, moved to the model's default size when the model cannot take it."""
+    if explicit:
+        return recipe
+    lo = getattr(model, "min_input_size", 1)
+    hi = getattr(model, "max_input_size", None)
+    size = recipe.resize or native
+    if lo <= size <= (hi or size):
+        return recipe
+    fitted = getattr(model, "default_image_size", size)
+    if not lo <= fitted <= (hi or fitted):
+        fitted = min(max(size, lo), hi or size)
+    note = f"; resized to {fitted} because {recipe.model or 'the model'} accepts {lo}..{hi or 'any'} pixels"
+    return recipe.replace(resize=None if fitted == native else fitted, based_on=recipe.based_on + note)
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    from . import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "moderncnn": __version__}
+
+
+def _git_commit() -> dict[str, Any] | None:
+    here = Path(__file__).resolve().parent
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(here), *a], capture_output=True, text=True, timeout=10)
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = run("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+        return platform.processor() or platform.machine()
+    return device.type
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """The book's animator as a PNG: train loss, train acc and test acc against epoch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    epochs = [h["epoch"] for h in history]
+    for key, label, style in (("loss", "train loss", "-"), ("train_acc", "train acc", "m--"),
+                              ("test_acc", "test acc", "g-.")):
+        ax.plot(epochs, [h[key] for h in history], style, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_xlim(1, max(epochs[-1], 2))
+    ax.grid(True)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write(path, buf.getvalue())
+    return Path(path)
+
+
+def format_final(final: dict[str, Any], recipe: Recipe | None = None) -> str:
+    """The book's two closing lines, then the book's figures for the experiment beside ours."""
+    lines = [f"loss {final['loss']:.3f}, train acc {final['train_acc']:.3f}, test acc {final['test_acc']:.3f}",
+             f"{final['examples_per_sec']:.1f} examples/sec on {final['device']}"]
+    if recipe is None or recipe.book not in BOOK_FIGURES:
+        return "\n".join(lines)
+    rows = [("ours", final["loss"], final["train_acc"], final["test_acc"], final["examples_per_sec"])]
+    rows += [(f"book {build}", f.loss, f.train_acc, f.test_acc, f.examples_per_sec)
+             for build, f in BOOK_FIGURES[recipe.book].items()]
+    lines += ["", f"{'':15} {'loss':>6} {'train acc':>9} {'test acc':>8} {'examples/sec':>12}"]
+    lines += [f"{n:15} {lo:6.3f} {tr:9.3f} {te:8.3f} {ex:12.1f}" for n, lo, tr, te, ex in rows]
+    diff = recipe.differences(BOOK_RECIPES[recipe.book], ignore=("based_on", "book", "model_kwargs"))
+    diff.update({f"model {k}": v for k, v in _dict_diff(recipe.model_kwargs, BOOK_RECIPES[recipe.book].model_kwargs)})
+    if diff:
+        lines.append("(our recipe differs from the book's: "
+                     + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items()) + ")")
+    return "\n".join(lines)
+
+
+def _dict_diff(a: dict, b: dict) -> list[tuple[str, tuple]]:
+    return [(k, (a.get(k), b.get(k))) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _summary(history: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    last = history[-1]
+    timed = [h for h in history if not h.get("warmup")] or history  # torch.compile's first epoch compiles
+    seconds = sum(h["train_seconds"] for h in timed)
+    examples = sum(h["examples"] for h in timed)
+    return {"loss": last["loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"],
+            "examples_per_sec": examples / seconds if seconds > 0 else math.nan, "device": str(device),
+            "epochs": last["epoch"], "train_seconds": seconds}
+
+
+# Values that may differ between a stopped run and its --resume without changing the result.
+_RESUME_FREE = ("based_on",)
+
+
+def _check_resumable(meta: dict[str, Any], here: dict[str, Any], files: RunFiles) -> None:
+    theirs, ours = meta.get("recipe", {}), here["recipe"]
+    free = _RESUME_FREE + (("epochs",) if ours.get("schedule") == "constant" else ())
+    diffs = [(k, theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours))
+             if k not in free and theirs.get(k) != ours.get(k)]
+    diffs += [(k, meta.get(k), here[k]) for k in ("model", "model_kwargs", "seed") if meta.get(k) != here[k]]
+    if meta.get("data", {}).get("name") != here["data"]["name"]:
+        diffs.append(("dataset", meta.get("data", {}).get("name"), here["data"]["name"]))
+    if diffs:
+        shown = ", ".join(f"{k} {a!r} there, {b!r} here" for k, a, b in diffs[:4])
+        raise ValueError(f"{files.dir} holds a different run ({shown}); resume it with the same options, "
+                         f"or pass --overwrite, or choose another --out")
+
+
+def _claim_run_dir(files: RunFiles, resume: bool, overwrite: bool) -> bool:
+    """Make sure ``files.dir`` may be written; returns True when there is a run to resume."""
+    if files.dir.exists() and not files.dir.is_dir():
+        raise NotADirectoryError(f"--out {files.dir} is a file, not a directory; choose another --out")
+    has_run = files.run_json.exists()
+    if has_run and resume:
+        if not files.state.exists() or not files.weights.exists():
+            raise ValueError(f"{files.dir} holds a run with no finished epoch to resume; pass --overwrite "
+                             f"to start it again")
+        return True
+    if has_run and not overwrite:
+        meta = read_run_json(files.run_json)
+        what = f"{meta.get('model')} {meta.get('recipe', {}).get('name')}, {meta.get('status')}, " \
+               f"{meta.get('epochs_done', 0)}/{meta.get('recipe', {}).get('epochs')} epochs"
+        raise ValueError(f"{files.dir} already holds a run ({what}); pass --resume to continue it, "
+                         f"--overwrite to replace it, or choose another --out")
+    if overwrite:
+        for p in files.all():
+            p.unlink(missing_ok=True)
+    if resume and not has_run:
+        print(f"nothing to resume in {files.dir}: starting a new run", file=sys.stderr)
+    files.dir.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _load_data(recipe: Recipe, train_data: Any, test_data: Any, data_dir: str | Path | None, download: bool):
+    from .data import load_dataset
+
+    if (train_data is None) != (test_data is None):
+        raise ValueError("give both train_data and test_data, or neither (then the recipe's dataset is loaded)")
+    if train_data is None:
+        train_data = load_dataset(recipe.dataset, "train", root=data_dir, download=download)
+        test_data = load_dataset(recipe.dataset, "test", root=data_dir, download=download)
+    if train_data.images.shape[1:] != test_data.images.shape[1:]:
+        raise ValueError(f"train and test images differ in shape ({tuple(train_data.images.shape[1:])} vs "
+                         f"{tuple(test_data.images.shape[1:])})")
+    return train_data, test_data
+
+
+def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Path | None = None,
+        device: str | torch.device | None = None, *, seed: int = 0, data_dir: str | Path | None = None,
+        train_data: Any = None, test_data: Any = None, download: bool = True, amp: bool | None = None,
+        channels_last: bool | None = None, compile: bool = False, resume: bool = False, overwrite: bool = False,
+        quiet: bool = False, command: str | None = None,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None, **overrides: Any) -> TrainResult:
+    """Train ``model`` (a registered name or a built model) with a recipe, like the book's ``train_ch6``.
+
+    ``recipe``: ``"book"``, ``"modern"`` or a :class:`~moderncnn.recipes.Recipe`; ``overrides`` replace any
+    recipe value (``epochs=2, lr=0.1, batch_size=64, resize=96, subset=1000, dataset="mnist",
+    model_kwargs={"ratio": 8}``). Data: ``train_data``/``test_data`` (ImageDatasets), else the recipe's
+    dataset from ``data_dir``/$MODERNCNN_DATA/the cache (downloaded if allowed). ``out_dir``: a run directory
+    for checkpoints, metrics and curves (None: nothing written, no resume). ``amp``/``channels_last``:
+    None picks the device's default (:func:`default_speed`). ``quiet`` silences the progress bar and the
+    per-epoch lines on stderr; the book's closing lines are always printed. ``on_epoch_end(epoch_dict)`` is
+    called after each epoch's checkpoint.
+    """
+    if isinstance(model, str):
+        get_model_builder(model)  # an unknown name fails before any data is loaded
+    name = model if isinstance(model, str) else getattr(model, "model_name", type(model).__name__.lower())
+    if isinstance(recipe, Recipe):
+        recipe = recipe.replace(**overrides)
+    else:
+        recipe = get_recipe(name, recipe, **overrides)
+    device = select_device(device)
+    files = RunFiles(out_dir) if out_dir is not None else None
+    if files is not None and files.run_json.exists() and not (resume or overwrite):
+        _claim_run_dir(files, resume, overwrite)  # fails fast, before data is loaded
+    train_data, test_data = _load_data(recipe, train_data, test_data, data_dir, download)
+    native = train_data.images.shape[-1]
+
+    torch.manual_seed(seed)
+    if isinstance(model, str):
+        model = _create(name, recipe, len(train_data.classes), train_data.images.shape[1])
+    if recipe.init == "xavier":
+        init_weights(model)
+    recipe = _fit_resize(recipe, model, native, explicit="resize" in overrides)
+    normalize = _channel_stats(train_data.images) if recipe.normalize else None
+
+    speed = default_speed(device)
+    amp_dtype = speed["amp_dtype"] if amp is None or amp else None
+    if amp and amp_dtype is None:
+        amp_dtype = torch.bfloat16
+    use_cl = speed["channels_last"] if channels_last is None else channels_last
+
+    meta = {
+        "model": name,
+        "model_kwargs": {"num_classes": len(train_data.classes), "in_channels": int(train_data.images.shape[1]),
+                         **recipe.model_kwargs},
+        "recipe": recipe.as_dict(),
+        "seed": seed,
+        "speed": {"amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+                  "channels_last": use_cl, "compile": compile},
+        "input": {"channels": int(train_data.images.shape[1]), "native_size": int(native),
+                  "size": recipe.resize or int(native), "resize": recipe.resize, "normalize": normalize},
+        "data": {"name": train_data.name, "source": train_data.source, "is_sample": bool(train_data.is_sample),
+                 "train_size": len(train_data), "test_size": len(test_data), "classes": list(train_data.classes)},
+        "device": str(device),
+        "device_name": _device_name(device),
+        "versions": _versions(),
+        "git": _git_commit(),
+        "command": command if command is not None else " ".join(shlex.quote(a) for a in sys.argv),
+        "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": "running",
+        "epochs_done": 0,
+    }
+
+    resuming = False
+    if files is not None:
+        resuming = _claim_run_dir(files, resume, overwrite)
+        if resuming:
+            old = read_run_json(files.run_json)
+            _check_resumable(old, meta, files)
+            meta["start_time"], meta["resumed_at"] = old.get("start_time"), meta["start_time"]
+
+    from .data import DeviceLoader
+
+    norm = (normalize[0], normalize[1]) if normalize else None
+    train_loader = DeviceLoader(train_data, recipe.batch_size, device=device, shuffle=True, resize=recipe.resize,
+                                augment=recipe.augment, normalize=norm, channels_last=use_cl,
+                                subset=recipe.subset, seed=seed)
+    test_loader = DeviceLoader(test_data, recipe.batch_size, device=device, resize=recipe.resize,
+                               normalize=norm, channels_last=use_cl)
+    meta["data"]["train_used"] = train_loader.num_examples
+
+    model.to(device)
+    if use_cl:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, recipe, device)
+    scheduler = build_scheduler(optimizer, recipe, len(train_loader))
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resuming:
+        state = load_state(files.state)
+        if weights_epoch(files.weights) != state["epoch"]:
+            raise ValueError(f"{files.weights} (epoch {weights_epoch(files.weights)}) and {files.state} (epoch "
+                             f"{state['epoch']}) disagree: the run was cut off while saving; pass --overwrite")
+        load_weights(files.weights, model)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], device)
+        history, start = list(state["history"]), state["epoch"]
+    meta["epochs_done"] = start
+
+    net = torch.compile(model) if compile else model
+    step = make_train_step(net, optimizer, build_loss(recipe), amp_dtype=amp_dtype, scheduler=scheduler)
+    if files is not None:
+        write_run_json(files.run_json, meta)
+    if not quiet:
+        print(f"training {name} ({recipe.name} recipe: lr {recipe.lr}, batch {recipe.batch_size}, "
+              f"resize {recipe.resize or '-'}, {recipe.epochs} epochs) on {device}"
+              + (f", resuming after epoch {start}" if start else ""), file=sys.stderr)
+
+    from tqdm.auto import tqdm
+
+    try:
+        for epoch in range(start, recipe.epochs):
+            record = _train_epoch(net, step, train_loader, test_loader, device, amp_dtype, epoch, recipe.epochs,
+                                  warmup=compile and epoch == start, quiet=quiet, tqdm=tqdm,
+                                  classes=list(train_data.classes))
+            if scheduler is not None:
+                record["lr"] = scheduler.get_last_lr()[0]
+            history.append(record)
+            meta["epochs_done"] = epoch + 1
+            if files is not None:
+                with deferred_interrupt():
+                    _save_epoch(files, model, optimizer, scheduler, device, history, meta)
+            if not quiet:
+                tqdm.write(f"epoch {epoch + 1}/{recipe.epochs}: loss {record['loss']:.3f}, train acc "
+                           f"{record['train_acc']:.3f}, test acc {record['test_acc']:.3f}, "
+                           f"{record['examples_per_sec']:.1f} examples/sec, {record['wall_seconds']:.1f} s",
+                           file=sys.stderr)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+    except KeyboardInterrupt:
+        if files is not None:
+            meta["status"] = "interrupted"
+            write_run_json(files.run_json, meta)
+            done = meta["epochs_done"]
+            where = f"the checkpoint of epoch {done} in {files.dir} is intact" if done else "no epoch finished"
+            print(f"interrupted: {where}; to continue, run the same command with --resume "
+                  f"(or fit(..., resume=True))", file=sys.stderr)
+        raise
+
+    model.eval()
+    final = _summary(history, device) if history else {}
+    paths = {}
+    if files is not None:
+        meta["status"], meta["final"] = "finished", final
+        meta["end_time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_run_json(files.run_json, meta)
+        paths = {"run_json": files.run_json, "weights": files.weights, "state": files.state,
+                 "metrics": files.metrics, "curves": files.curves}
+    result = TrainResult(model=model, recipe=recipe, history=history, final=final, device=device,
+                         run_dir=files.dir if files else None, paths=paths, metadata=meta)
+    if history:
+        print(format_final(final, recipe))
+    return result
+
+
+def _create(name: str, recipe: Recipe, num_classes: int, in_channels: int) -> nn.Module:
+    from .registry import create_model
+
+    return create_model(name, num_classes=num_classes, in_channels=in_channels, **recipe.model_kwargs)
+
+
+def _train_epoch(net: nn.Module, step: TrainStep, train_loader: Any, test_loader: Any, device: torch.device,
+                 amp_dtype: torch.dtype | None, epoch: int, epochs: int, *, warmup: bool, quiet: bool, tqdm: Any,
+                 classes: list[str]) -> dict[str, Any]:
+    """One epoch: train (timed, one sync at the end), then test accuracy (not timed).
+
+    ``warmup`` marks the first epoch of a compiled model: its time includes compilation (also of the last,
+    smaller batch), so the run's examples/sec leaves it out when there are other epochs.
+    """
+    train_loader.set_epoch(epoch)
+    net.train()
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    bar = tqdm(train_loader, total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+               leave=False, disable=quiet or not sys.stderr.isatty())
+    t0 = time.perf_counter()
+    for x, y in bar:
+        batch_loss, batch_correct = step(x, y)
+        loss_sum += batch_loss
+        correct += batch_correct
+        seen += y.shape[0]
+    _sync(device)
+    train_seconds = time.perf_counter() - t0
+    if seen == 0:
+        raise ValueError("the training set is empty: check --subset and the data directory")
+    test = evaluate(net, test_loader, device, amp_dtype=amp_dtype, classes=classes)
+    return {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+            "test_acc": test["accuracy"], "examples_per_sec": seen / train_seconds, "train_seconds": train_seconds,
+            "examples": seen, "warmup": warmup, "wall_seconds": time.perf_counter() - t0}
+
+
+def _save_epoch(files: RunFiles, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                device: torch.device, history: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Weights, then state (the commit point), then the metrics file, the curves and run.json."""
+    epoch = history[-1]["epoch"]
+    save_weights(files.weights, model, epoch)
+    save_state(files.state, {"epoch": epoch, "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                             "rng": _rng_state(device), "history": history})
+    atomic_write(files.metrics, "".join(json.dumps(h) + "\n" for h in history).encode())
+    plot_curves(history, files.curves, title=f"{meta['model']} ({meta['recipe']['name']} recipe)")
+    write_run_json(files.run_json, meta)

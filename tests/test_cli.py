@@ -1,0 +1,170 @@
+"""The command line end to end on a tiny generated Fashion-MNIST-format data set (no network)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from moderncnn.cli import main, parse_model_arg
+from moderncnn.data import write_idx
+
+VERBS = ("list", "summary", "train", "eval", "predict")
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    """200 train / 40 test 28x28 images in the IDX files Fashion-MNIST ships as."""
+    root = tmp_path_factory.mktemp("fashion")
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 200), ("t10k", 40)):
+        labels = (torch.arange(n) % 10).to(torch.uint8)
+        images = (torch.rand(n, 28, 28, generator=g) * 100).to(torch.uint8)
+        images[torch.arange(n), 2 * labels.long() + 4] = 255
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    """No data from the user's cache or $MODERNCNN_DATA, and no download can start."""
+    monkeypatch.setenv("MODERNCNN_DATA", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    import moderncnn.data.datasets as datasets
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a test tried to download")
+
+    monkeypatch.setattr(datasets, "_download", no_network)
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str, verb: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"moderncnn {verb}: error: "), err
+    return lines[0]
+
+
+def test_console_script_help():
+    exe = shutil.which("moderncnn")
+    assert exe, "the moderncnn console script is installed (pip install -e .)"
+    done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert all(verb in done.stdout for verb in VERBS)
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([verb, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: moderncnn {verb}")
+
+
+def test_train_eval_predict_end_to_end(idx_dir, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "run"
+    train = ["train", "lenet", "--epochs", 1, "--subset", 96, "--batch-size", 32, "--data-dir", idx_dir,
+             "--no-download", "--out", out, "--quiet", "--device", "cpu"]
+    code, stdout, err = run(train, capsys)
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert re.fullmatch(r"loss \d\.\d{3}, train acc \d\.\d{3}, test acc \d\.\d{3}", lines[0])
+    assert re.fullmatch(r"\d+\.\d examples/sec on cpu", lines[1])
+    assert any(line.startswith("book en 0.17.5") for line in lines)
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["data"]["train_used"] == 96 and meta["data"]["test_size"] == 40
+    assert meta["data"]["source"] == str(idx_dir) and meta["command"].startswith("moderncnn train lenet")
+
+    code, stdout, err = run(["train", "lenet", "--data-dir", idx_dir, "--out", out, "--quiet"], capsys)
+    assert code == 2 and "already holds a run" in one_line_error(err, "train")
+
+    code, stdout, err = run(["eval", out, "--data-dir", idx_dir, "--no-download", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert re.search(r"test acc \d\.\d{3}", stdout) and "Ankle boot" in stdout
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    code, _, err = run(["eval", out / "model.safetensors", "--data-dir", idx_dir, "--out", tmp_path / "cm"], capsys)
+    assert code == 0 and (tmp_path / "cm" / "confusion.png").exists()
+
+    Image.new("RGBA", (64, 48), (255, 255, 255, 128)).save(tmp_path / "photo.png")
+    Image.new("L", (10, 10), 30).save(tmp_path / "small.jpg")
+    code, stdout, err = run(["predict", out, tmp_path / "photo.png", tmp_path / "small.jpg", "--topk", 2], capsys)
+    assert code == 0, err
+    classes = meta["data"]["classes"]
+    for line, name in zip(stdout.splitlines(), ("photo.png", "small.jpg")):
+        path, top = line.split(": ")
+        assert path.endswith(name)
+        assert [c.rsplit(" ", 1)[0] in classes for c in top.split(", ")] == [True, True]
+
+    (tmp_path / "notes.png").write_text("plain text")
+    code, _, err = run(["predict", out, tmp_path / "notes.png"], capsys)
+    assert code == 2 and "notes.png is not an image" in one_line_error(err, "predict")
+    code, _, err = run(["predict", out, tmp_path / "absent.png"], capsys)
+    assert code == 2 and "no such image file" in one_line_error(err, "predict")
+    code, _, err = run(["predict", tmp_path / "nowhere", tmp_path / "photo.png"], capsys)
+    assert code == 2 and "no such checkpoint" in one_line_error(err, "predict")
+
+
+def test_resume_and_overwrite_on_the_command_line(idx_dir, tmp_path, capsys):
+    base = ["train", "lenet_bn", "--subset", 64, "--batch-size", 32, "--data-dir", idx_dir, "--out",
+            tmp_path / "run", "--quiet", "--no-amp"]
+    assert run([*base, "--epochs", 1], capsys)[0] == 0
+    code, _, err = run([*base, "--epochs", 2, "--resume"], capsys)
+    assert code == 0, err
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["epoch"] for m in metrics] == [1, 2]
+    code, _, err = run([*base, "--epochs", 2, "--resume", "--lr", 0.1], capsys)
+    assert code == 2 and "different run" in one_line_error(err, "train")
+    assert run([*base, "--epochs", 1, "--overwrite"], capsys)[0] == 0
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_train_passes_overrides_and_model_args(monkeypatch, capsys):
+    import moderncnn.train
+
+    seen = {}
+    monkeypatch.setattr(moderncnn.train, "fit", lambda *a, **kw: seen.update(args=a, kwargs=kw))
+    code = main(["train", "vgg11_book", "--recipe", "modern", "--epochs", "3", "--lr", "0.5", "--ratio", "8",
+                 "--model-arg", "flag=False", "--model-arg", "name=abc", "--no-amp", "--quiet", "--seed", "7"])
+    assert code == 0
+    model, recipe, out, device = seen["args"]
+    assert (model, recipe, str(out), device) == ("vgg11_book", "modern", "runs/vgg11_book-modern", None)
+    kw = seen["kwargs"]
+    assert (kw["epochs"], kw["lr"], kw["seed"], kw["amp"]) == (3, 0.5, 7, False)
+    assert kw["model_kwargs"] == {"ratio": 8, "flag": False, "name": "abc"}
+    assert "batch_size" not in kw and "resize" not in kw, "unset options keep the recipe's values"
+
+
+@pytest.mark.parametrize("text, expected", [("ratio=8", ("ratio", 8)), ("p=0.5", ("p", 0.5)),
+                                            ("aux_logits=False", ("aux_logits", False)), ("s=abc", ("s", "abc"))])
+def test_parse_model_arg(text, expected):
+    assert parse_model_arg(text) == expected
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "lenett", "--data-dir", "{idx}"], "unknown model 'lenett'; did you mean lenet"),
+    (["train", "lenet", "--data-dir", "{idx}", "--lr", "-1", "--out", "{tmp}/x"], "lr must be > 0"),
+    (["train", "lenet", "--dataset", "{tmp}/nothing-here", "--out", "{tmp}/x"], "unknown data set"),
+    (["eval", "{tmp}/nowhere"], "no such checkpoint or run directory"),
+])
+def test_errors_are_one_line(argv, message, idx_dir, tmp_path, capsys):
+    code, _, err = run([a.format(idx=idx_dir, tmp=tmp_path) for a in argv], capsys)
+    assert code == 2 and message in one_line_error(err, argv[0])
+
+
+def test_list_and_summary_still_work(capsys):
+    code, out, _ = run(["list", "lenet*"], capsys)
+    assert code == 0 and "lenet_bn" in out.split()
+    code, out, _ = run(["summary", "lenet"], capsys)
+    assert code == 0 and out.strip()

@@ -1,0 +1,403 @@
+"""The trainer, recipes, checkpoints, evaluation and prediction, on tiny in-memory data sets (CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from moderncnn import create_model, list_models
+from moderncnn.checkpoint import load_checkpoint, save_weights, weights_epoch
+from moderncnn.data import ImageDataset
+from moderncnn.evaluate import evaluate, format_per_class, load_images, predict
+from moderncnn.models import ModelBase
+from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, Recipe, get_recipe
+from moderncnn.train import (_fit_resize, build_optimizer, build_scheduler, fit, format_final, init_weights,
+                             make_train_step)
+
+FAST = dict(epochs=2, batch_size=32, quiet=True, amp=False)
+
+
+def toy(n: int, split: str, size: int = 28, classes: int = 4, seed: int = 0) -> ImageDataset:
+    """Noise with one bright row per class: learnable, and holding both 0 and 255."""
+    g = torch.Generator().manual_seed(seed + (split == "test"))
+    y = torch.arange(n) % classes
+    x = (torch.rand(n, 1, size, size, generator=g) * 80).to(torch.uint8)
+    x[torch.arange(n), 0, 2 * y + 1] = 255
+    x[:, :, 0, 0] = 0
+    return ImageDataset(x, y, [f"class{i}" for i in range(classes)], "toy", split, "in memory")
+
+
+@pytest.fixture(scope="module")
+def data28():
+    return toy(128, "train"), toy(32, "test")
+
+
+@pytest.fixture(scope="module")
+def data8():
+    return toy(96, "train", size=8), toy(32, "test", size=8)
+
+
+class Tiny(ModelBase):
+    """conv -> pool -> dropout -> linear; optional aux head, optional Ctrl-C after ``interrupt_after`` batches."""
+
+    default_image_size, min_input_size = 8, 4
+
+    def __init__(self, num_classes: int = 4, in_channels: int = 1, aux_weight: float | None = None,
+                 interrupt_after: int | None = None):
+        super().__init__()
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.conv = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(6, num_classes)
+        if aux_weight is not None:
+            self.aux_loss_weight = aux_weight
+            self.aux = nn.Linear(6, num_classes)
+        self.calls, self.interrupt_after = 0, interrupt_after
+
+    def forward_features(self, x):
+        return self.drop(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))
+
+    def forward_head(self, x, pre_logits=False):
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.interrupt_after is not None and self.calls > self.interrupt_after:
+                raise KeyboardInterrupt
+        f = self.forward_features(x)
+        if self.training and hasattr(self, "aux"):
+            return self.fc(f), self.aux(f)
+        return self.fc(f)
+
+
+def tiny(**kwargs) -> Tiny:
+    torch.manual_seed(0)  # a model handed to fit is built before fit seeds: seed it the same way each time
+    return Tiny(**kwargs)
+
+
+# -- recipes ------------------------------------------------------------------------------------------------
+
+BOOK_TABLE = {  # BOOK.md: lr, batch, resize
+    "lenet": (0.9, 256, None), "alexnet": (0.01, 128, 224), "vgg11_book": (0.05, 128, 224),
+    "nin": (0.1, 128, 224), "googlenet": (0.1, 128, 96), "lenet_bn_scratch": (1.0, 256, None),
+    "lenet_bn": (1.0, 256, None), "resnet18_book": (0.05, 256, 96), "densenet_book": (0.1, 256, 96),
+}
+
+
+@pytest.mark.parametrize("model", sorted(BOOK_TABLE))
+def test_book_recipes_are_the_books(model):
+    r = get_recipe(model)
+    assert (r.lr, r.batch_size, r.resize) == BOOK_TABLE[model]
+    assert (r.epochs, r.momentum, r.weight_decay, r.schedule, r.label_smoothing) == (10, 0, 0, "constant", 0)
+    assert (r.init, r.normalize, r.augment, r.dataset, r.book) == ("xavier", False, False, "fashion-mnist", model)
+    assert set(BOOK_FIGURES[model]) == {"zh 2.0.0", "en 0.17.5"}
+    assert model in list_models(), "every book recipe names a registered model"
+
+
+def test_book_figures_match_book_md():
+    assert BOOK_FIGURES["lenet"]["zh 2.0.0"].test_acc == 0.779
+    assert BOOK_FIGURES["densenet_book"]["en 0.17.5"].examples_per_sec == 5563
+    assert BOOK_FIGURES["vgg11_book"]["zh 2.0.0"].loss == 0.178
+    assert get_recipe("vgg11_book").model_kwargs == {"ratio": 4}
+
+
+@pytest.mark.parametrize("model, borrowed", [("lenet5", "lenet"), ("resnet50", "resnet18_book"),
+                                             ("vgg16", "vgg11_book"), ("nin_bn", "nin"),
+                                             ("googlenet_paper", "googlenet")])
+def test_models_without_a_book_experiment_borrow_their_familys(model, borrowed):
+    r, b = get_recipe(model), BOOK_RECIPES[borrowed]
+    assert (r.lr, r.batch_size, r.resize, r.book, r.model_kwargs) == (b.lr, b.batch_size, b.resize, None, {})
+    assert borrowed in r.based_on and model in r.based_on
+
+
+def test_generic_recipe_and_overrides():
+    assert get_recipe("mystery").lr == GENERIC.lr and "generic" in get_recipe("mystery").based_on
+    r = get_recipe("vgg11_book", epochs=2, lr=0.5, model_kwargs={"ratio": 8})
+    assert (r.epochs, r.lr, r.model_kwargs, r.batch_size) == (2, 0.5, {"ratio": 8}, 128)
+    with pytest.raises(ValueError, match="unknown recipe value.*valid:"):
+        get_recipe("lenet", learning_rate=0.1)
+    with pytest.raises(ValueError, match="choose one of: book, modern"):
+        get_recipe("lenet", "fancy")
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        get_recipe("lenet", lr=0)
+
+
+def test_modern_recipe_keeps_books_shape_and_changes_optimisation():
+    book, modern = get_recipe("resnet18_book"), get_recipe("resnet18_book", "modern")
+    assert (modern.batch_size, modern.resize, modern.epochs, modern.init) == (book.batch_size, book.resize, 10, "xavier")
+    assert (modern.momentum, modern.nesterov, modern.weight_decay) == (0.9, True, 5e-4)
+    assert (modern.schedule, modern.label_smoothing, modern.augment, modern.normalize) == ("onecycle", 0.1, True, True)
+    assert modern.book is None and modern.lr < book.lr
+
+
+class _Sized:
+    def __init__(self, lo, hi, default):
+        self.min_input_size, self.max_input_size, self.default_image_size = lo, hi, default
+
+
+@pytest.mark.parametrize("resize, native, sizes, explicit, expected", [
+    (96, 28, (227, 258, 227), False, 227),    # alexnet_paper borrowing AlexNet's 224... at 96
+    (96, 28, (193, 224, 224), False, 224),    # googlenet_paper: its own default
+    (None, 28, (32, 35, 32), False, 32),      # lenet5 on 28x28 images
+    (None, 28, (28, 31, 28), False, None),    # the book's LeNet: native size fits
+    (96, 28, (227, 258, 227), True, 96),      # an explicit --resize is the user's choice
+])
+def test_resize_fitted_to_models_that_cannot_take_it(resize, native, sizes, explicit, expected):
+    r = _fit_resize(Recipe(model="m", resize=resize), _Sized(*sizes), native, explicit)
+    assert r.resize == expected
+    assert ("resized to" in r.based_on) == (expected != resize)
+
+
+# -- the book's train_ch6 semantics ---------------------------------------------------------------------------
+
+def test_init_weights_is_xavier_uniform_on_exact_linear_and_conv_only():
+    torch.manual_seed(0)
+    model = create_model("lenet")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    init_weights(model)
+    for name, m in model.named_modules():
+        if type(m) in (nn.Linear, nn.Conv2d):
+            fan_out, fan_in = m.weight.shape[0], m.weight[0].numel()
+            receptive = m.weight[0, 0].numel()
+            bound = math.sqrt(6 / (fan_in + fan_out * receptive))
+            default_bound = 1 / math.sqrt(fan_in)  # PyTorch's kaiming_uniform(a=sqrt(5))
+            assert m.weight.abs().max() <= bound
+            if m.weight.numel() > 1000:  # the extreme of many uniform draws nears the bound
+                assert m.weight.abs().max() > 0.9 * bound > 1.1 * default_bound
+                assert before[f"{name}.weight"].abs().max() <= default_bound
+            torch.testing.assert_close(m.bias, before[f"{name}.bias"], rtol=0, atol=0)
+
+
+def test_book_recipe_is_train_ch6(data28, tmp_path):
+    """Xavier init exactly as init_weights from the seed, plain SGD at the recipe lr, inputs in [0, 1]."""
+    seen = []
+    torch.manual_seed(3)
+    model = create_model("lenet", num_classes=4)
+    model.register_forward_pre_hook(lambda m, args: seen.append((args[0].min().item(), args[0].max().item())))
+    torch.manual_seed(3)
+    fresh = create_model("lenet", num_classes=4)
+    torch.manual_seed(3)  # fit seeds a model it is given, then applies the book's init
+    init_weights(fresh)
+    fit(model, "book", tmp_path / "run", train_data=data28[0], test_data=data28[1], seed=3, lr=1e-30,
+        **{**FAST, "epochs": 1})
+    for k, v in fresh.state_dict().items():  # lr 1e-30 leaves the weights as initialised
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+    assert min(lo for lo, _ in seen) == 0.0 and max(hi for _, hi in seen) == 1.0, "no normalisation"
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (1e-30, 0, 0, False)
+    assert state["scheduler"] is None
+
+
+def test_book_optimizer_and_modern_optimizer():
+    model = create_model("lenet_bn")
+    opt = build_optimizer(model, get_recipe("lenet_bn"))
+    assert type(opt) is torch.optim.SGD and len(opt.param_groups) == 1
+    assert {k: opt.param_groups[0][k] for k in ("lr", "momentum", "weight_decay", "nesterov", "dampening")} == \
+        {"lr": 1.0, "momentum": 0, "weight_decay": 0, "nesterov": False, "dampening": 0}
+    assert build_scheduler(opt, get_recipe("lenet_bn"), 10) is None
+    modern = get_recipe("lenet_bn", "modern")
+    opt = build_optimizer(model, modern)
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0
+    assert all(p.dim() > 1 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    sched = build_scheduler(opt, modern, 10)
+    assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps == 100
+
+
+def test_aux_outputs_add_weighted_loss_and_accuracy_uses_logits():
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 4
+    model, twin = Tiny(aux_weight=0.3), Tiny(aux_weight=0.3)
+    model.drop.p = twin.drop.p = 0.0
+    twin.load_state_dict(model.state_dict())
+    loss_fn = nn.CrossEntropyLoss()
+    step = make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn)
+    loss_sum, correct = step(x, y)
+    logits, aux = twin.train()(x)
+    (loss_fn(logits, y) + 0.3 * loss_fn(aux, y)).backward()
+    with torch.no_grad():
+        for p in twin.parameters():
+            p -= 0.1 * p.grad
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(loss_sum, loss_fn(logits, y).detach() * 16)
+    assert correct.item() == (logits.argmax(1) == y).sum().item()
+
+
+# -- run directories, checkpoints, resume ---------------------------------------------------------------------
+
+def test_run_dir_files(data28, tmp_path):
+    out = tmp_path / "run"
+    result = fit("lenet_bn", "book", out, train_data=data28[0], test_data=data28[1], **FAST)
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "metrics.jsonl", "model.safetensors",
+                                                     "run.json", "state.pt"], "no temporary files left"
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2] and lines == result.history
+    assert {"loss", "train_acc", "test_acc", "examples_per_sec", "wall_seconds"} <= set(lines[0])
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "finished" and meta["epochs_done"] == 2
+    assert meta["model"] == "lenet_bn" and meta["model_kwargs"] == {"num_classes": 4, "in_channels": 1}
+    assert meta["recipe"]["lr"] == 1.0 and meta["recipe"]["epochs"] == 2
+    assert {"python", "torch", "torchvision", "moderncnn"} <= set(meta["versions"])
+    assert meta["data"] == {**meta["data"], "name": "toy", "source": "in memory", "is_sample": False,
+                            "train_size": 128, "test_size": 32}
+    assert {"seed", "device", "device_name", "command", "start_time", "git", "final"} <= set(meta)
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert weights_epoch(out / "model.safetensors") == 2
+    weights = load_file(out / "model.safetensors")
+    for k, v in result.model.state_dict().items():
+        torch.testing.assert_close(weights[k], v, rtol=0, atol=0)
+    assert result.final["loss"] == lines[-1]["loss"] and result.run_dir == out
+
+
+def test_load_checkpoint_rebuilds_the_model(data28, tmp_path):
+    out = tmp_path / "run"
+    result = fit("lenet", "book", out, train_data=data28[0], test_data=data28[1], **{**FAST, "epochs": 1})
+    for path in (out, out / "model.safetensors"):
+        model, meta = load_checkpoint(path)
+        assert not model.training and meta["epoch"] == 1 and meta["model"] == "lenet"
+        x = data28[1].images[:8].float() / 255
+        torch.testing.assert_close(model(x), result.model.eval()(x))
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_refuses_to_clobber_a_run(data28, tmp_path):
+    out = tmp_path / "run"
+    kw = dict(train_data=data28[0], test_data=data28[1], **{**FAST, "epochs": 1})
+    fit("lenet", "book", out, **kw)
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="already holds a run .*--resume.*--overwrite"):
+        fit("lenet", "book", out, **kw)
+    assert (out / "model.safetensors").read_bytes() == before
+    with pytest.raises(ValueError, match="holds a different run .*lr"):
+        fit("lenet", "book", out, resume=True, lr=0.1, **kw)
+    with pytest.raises(ValueError, match="holds a different run .*model"):
+        fit("lenet_bn", "book", out, resume=True, **kw)
+    fit("lenet", "book", out, overwrite=True, seed=1, **kw)
+    assert (out / "model.safetensors").read_bytes() != before
+
+
+@pytest.mark.parametrize("recipe", ["book", "modern"])
+def test_resume_after_ctrl_c_is_bit_identical(data8, tmp_path, recipe, capsys):
+    """Stopped mid-epoch 2 and resumed == uninterrupted (dropout, shuffle, augmentation, schedule, momentum)."""
+    kw = dict(train_data=data8[0], test_data=data8[1], seed=5, **{**FAST, "batch_size": 16, "epochs": 3})
+    full = fit(tiny(), recipe, tmp_path / "full", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(interrupt_after=6 + 3), recipe, tmp_path / "cut", **kw)  # 6 batches an epoch
+    assert "checkpoint of epoch 1" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert (meta["status"], meta["epochs_done"], weights_epoch(tmp_path / "cut" / "model.safetensors")) == \
+        ("interrupted", 1, 1)
+    resumed = fit(tiny(), recipe, tmp_path / "cut", resume=True, **kw)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda h: [{k: v for k, v in e.items() if "sec" not in k} for e in h]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_can_extend_a_finished_constant_lr_run(data8, tmp_path):
+    kw = dict(train_data=data8[0], test_data=data8[1], **{**FAST, "batch_size": 16})
+    fit(tiny(), "book", tmp_path / "run", **{**kw, "epochs": 1})
+    again = fit(tiny(), "book", tmp_path / "run", resume=True, **{**kw, "epochs": 1})
+    assert len(again.history) == 1, "a finished run is not trained again"
+    more = fit(tiny(), "book", tmp_path / "run", resume=True, **{**kw, "epochs": 2})
+    assert [h["epoch"] for h in more.history] == [1, 2]
+
+
+def test_weights_newer_than_state_are_detected(data8, tmp_path):
+    kw = dict(train_data=data8[0], test_data=data8[1], **{**FAST, "batch_size": 16, "epochs": 1})
+    fit(tiny(), "book", tmp_path / "run", **kw)
+    save_weights(tmp_path / "run" / "model.safetensors", tiny(), epoch=2)  # cut off between the two files
+    with pytest.raises(ValueError, match="disagree"):
+        fit(tiny(), "book", tmp_path / "run", resume=True, **{**kw, "epochs": 2})
+
+
+# -- speed options ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["lenet_bn_scratch", "lenet_bn"])
+def test_bf16_autocast_keeps_batch_norm_close_to_fp32(model):
+    torch.manual_seed(0)
+    net = init_weights(create_model(model))
+    x, y = torch.rand(64, 1, 28, 28) * 3 + 2, torch.arange(64) % 10  # a large mean stresses bf16 centring
+    losses = []
+    for amp in (None, torch.bfloat16):
+        twin = create_model(model)
+        twin.load_state_dict(net.state_dict())
+        step = make_train_step(twin, torch.optim.SGD(twin.parameters(), lr=0.1), nn.CrossEntropyLoss(), amp_dtype=amp)
+        losses.append(step(x, y)[0].item() / 64)
+    assert math.isfinite(losses[1])
+    assert losses[1] == pytest.approx(losses[0], rel=0.02)
+
+
+def test_channels_last_and_examples_per_sec(data28):
+    result = fit("lenet", "book", None, train_data=data28[0], test_data=data28[1], channels_last=True, **FAST)
+    assert result.run_dir is None and result.paths == {}
+    assert all(h["examples_per_sec"] > 0 and h["examples"] == 128 and not h["warmup"] for h in result.history)
+    assert result.final["device"] == "cpu"
+
+
+def test_final_lines_in_the_books_format():
+    final = {"loss": 0.4691, "train_acc": 0.8234, "test_acc": 0.779, "examples_per_sec": 55297.41, "device": "cuda:0"}
+    text = format_final(final, get_recipe("lenet"))
+    lines = text.splitlines()
+    assert lines[:2] == ["loss 0.469, train acc 0.823, test acc 0.779", "55297.4 examples/sec on cuda:0"]
+    assert any(line.startswith("book zh 2.0.0") and "0.779" in line for line in lines)
+    assert any(line.startswith("book en 0.17.5") and "72323" in line for line in lines)
+    assert "differs" not in text
+    assert "epochs 1 vs 10" in format_final(final, get_recipe("lenet", epochs=1))
+    assert "book" not in format_final(final, get_recipe("lenet", "modern"))
+
+
+# -- evaluation and prediction ----------------------------------------------------------------------------------
+
+def test_evaluate_counts():
+    class Fixed(nn.Module):  # predicts class (first pixel * 10) -> known confusion
+        num_classes = 3
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return F.one_hot((x[:, 0, 0, 0] * 10).round().long(), 3).float() + self.w
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    predicted = torch.tensor([0, 1, 1, 1, 2, 0])
+    images = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0] = (predicted * 25.5).round().to(torch.uint8)
+    ds = ImageDataset(images, labels, ["a", "b", "c"], "toy", "test", "in memory")
+    res = evaluate(Fixed(), ds, "cpu", batch_size=4)
+    assert res["accuracy"] == pytest.approx(4 / 6)
+    assert res["per_class"] == {"a": 0.5, "b": 1.0, "c": 0.5}
+    assert res["confusion"].tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert "all" in format_per_class(res).splitlines()[-1]
+
+
+def test_predict_from_files_and_tensors(data28, tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=4).eval()
+    Image.new("RGB", (60, 45), (200, 30, 30)).save(tmp_path / "red.png")
+    x = load_images([tmp_path / "red.png"], channels=1, size=28)
+    assert x.shape == (1, 1, 28, 28) and x.dtype == torch.uint8
+    from_file = predict(model, [tmp_path / "red.png"], ["a", "b", "c", "d"], topk=3)
+    from_tensor = predict(model, x, ["a", "b", "c", "d"], topk=3)
+    assert len(from_file[0]) == 3 and [c for c, _ in from_file[0]] == [c for c, _ in from_tensor[0]]
+    probs = [p for _, p in from_file[0]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="notes.txt is not an image"):
+        predict(model, [tmp_path / "notes.txt"], topk=1)
+    with pytest.raises(FileNotFoundError, match="no such image file"):
+        predict(model, [tmp_path / "absent.png"])
