@@ -124,3 +124,9 @@ def test_bad_input_rank():
     model = moderncnn.create_model("lenet")
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         model(torch.rand(28, 28))
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet18_book", "vgg11_book", "densenet121"])
+def test_unknown_keyword_is_a_clear_error(name):
+    with pytest.raises(ValueError, match=rf"{name} takes no argument 'colour'"):
+        moderncnn.create_model(name, colour="red")

@@ -16,7 +16,7 @@ from moderncnn.checkpoint import load_checkpoint, save_weights, weights_epoch
 from moderncnn.data import ImageDataset
 from moderncnn.evaluate import evaluate, format_per_class, load_images, predict
 from moderncnn.models import ModelBase
-from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, Recipe, get_recipe
+from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, MODERN_LR, Recipe, get_recipe
 from moderncnn.train import (_fit_resize, build_optimizer, build_scheduler, fit, format_final, init_weights,
                              make_train_step)
 
@@ -131,10 +131,14 @@ def test_generic_recipe_and_overrides():
 
 def test_modern_recipe_keeps_books_shape_and_changes_optimisation():
     book, modern = get_recipe("resnet18_book"), get_recipe("resnet18_book", "modern")
-    assert (modern.batch_size, modern.resize, modern.epochs, modern.init) == (book.batch_size, book.resize, 10, "xavier")
+    assert (modern.batch_size, modern.resize, modern.epochs) == (book.batch_size, book.resize, 10)
+    assert modern.init == "xavier"
     assert (modern.momentum, modern.nesterov, modern.weight_decay) == (0.9, True, 5e-4)
     assert (modern.schedule, modern.label_smoothing, modern.augment, modern.normalize) == ("onecycle", 0.1, True, True)
-    assert modern.book is None and modern.lr < book.lr
+    assert modern.book is None and modern.lr == MODERN_LR["resnet18_book"] < book.lr
+    assert set(MODERN_LR) == set(BOOK_RECIPES)
+    assert get_recipe("resnet50", "modern").lr == MODERN_LR["resnet18_book"]
+    assert get_recipe("mystery", "modern").lr == pytest.approx(GENERIC.lr / 10)
 
 
 class _Sized:

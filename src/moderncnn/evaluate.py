@@ -159,7 +159,8 @@ def load_images(paths: Sequence[str | Path], channels: int, size: int) -> torch.
                 t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
                 t = t.view(im.height, im.width, channels).permute(2, 0, 1)
         except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{p} is not an image Pillow can read ({type(e).__name__}); give a PNG/JPEG/... file") from None
+            raise ValueError(f"{p} is not an image Pillow can read ({type(e).__name__}); "
+                             f"give a PNG/JPEG/... file") from None
         batch.append(resize_batch(t[None].float(), size).round().clamp(0, 255).to(torch.uint8))
     return torch.cat(batch)
 
@@ -194,4 +195,5 @@ def predict(model: nn.Module, images: torch.Tensor | Sequence[str | Path], class
     k = min(topk, probs.shape[1])
     top = probs.topk(k, dim=1)
     names = list(classes) if classes else [str(i) for i in range(probs.shape[1])]
-    return [[(names[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(top.values.cpu(), top.indices.cpu())]
+    values, indices = top.values.cpu(), top.indices.cpu()
+    return [[(names[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(values, indices)]

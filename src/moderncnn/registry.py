@@ -44,6 +44,16 @@ def get_model_builder(name: str) -> Callable[..., nn.Module]:
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model: ``create_model("resnet18", num_classes=10, in_channels=1)``."""
-    model = get_model_builder(name)(**kwargs)
+    builder = get_model_builder(name)
+    try:
+        model = builder(**kwargs)
+    except TypeError as e:
+        # builders pass **kwargs on to a class; a misspelt argument surfaces here
+        if "unexpected keyword argument" not in str(e):
+            raise
+        bad = str(e).split("argument", 1)[1].strip()
+        raise ValueError(
+            f"{name} takes no argument {bad}; help(moderncnn.get_model_builder({name!r})) lists its arguments"
+        ) from None
     model.model_name = name
     return model

@@ -12,7 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["ModelBase", "SequentialModel"]
+__all__ = ["ModelBase", "SequentialModel", "linear_like"]
+
+
+def linear_like(old: nn.Linear, num_classes: int) -> nn.Linear:
+    """A fresh classifier with ``old``'s input width, device and dtype (for ``reset_classifier``)."""
+    return nn.Linear(old.in_features, num_classes).to(device=old.weight.device, dtype=old.weight.dtype)
 
 
 class ModelBase(nn.Module):
@@ -117,5 +122,5 @@ class SequentialModel(ModelBase, nn.Sequential):
         last = self[-1]
         if not isinstance(last, nn.Linear):
             raise NotImplementedError(f"{self.model_name}: override reset_classifier (its last layer is {type(last).__name__})")
-        self[len(self) - 1] = nn.Linear(last.in_features, num_classes)
+        self[len(self) - 1] = linear_like(last, num_classes)
         self.num_classes = num_classes

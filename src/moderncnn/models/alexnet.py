@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import register_model
-from ._base import ModelBase, SequentialModel
+from ._base import ModelBase, SequentialModel, linear_like
 
 __all__ = ["AlexNetBook", "AlexNet"]
 
@@ -80,7 +80,7 @@ class AlexNet(ModelBase):
 
     def reset_classifier(self, num_classes: int) -> None:
         old = self.classifier[-1]
-        self.classifier[-1] = nn.Linear(old.in_features, num_classes).to(old.weight)
+        self.classifier[-1] = linear_like(old, num_classes)
         self.num_classes = num_classes
 
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from ..registry import register_model
-from ._base import ModelBase, SequentialModel
+from ._base import ModelBase, SequentialModel, linear_like
 
 __all__ = ["conv_block", "DenseBlock", "transition_block", "DenseLayer", "DenseBlockBC", "Transition", "DenseNet"]
 
@@ -180,7 +180,7 @@ class DenseNet(ModelBase):
         return self.classifier
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes)
+        self.classifier = linear_like(self.classifier, num_classes)
         self.num_classes = num_classes
 
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import register_model
-from ._base import ModelBase, SequentialModel
+from ._base import ModelBase, SequentialModel, linear_like
 
 __all__ = ["Inception", "GoogLeNet", "GoogLeNetOutputs", "googlenet", "googlenet_paper"]
 
@@ -177,10 +177,10 @@ class GoogLeNet(ModelBase):
         return self.fc
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.fc.in_features, num_classes)
+        self.fc = linear_like(self.fc, num_classes)
         for head in (self.aux1, self.aux2):
             if head is not None:
-                head.fc2 = nn.Linear(head.fc2.in_features, num_classes)
+                head.fc2 = linear_like(head.fc2, num_classes)
         self.num_classes = num_classes
 
 

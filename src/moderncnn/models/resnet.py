@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from ..registry import register_model
-from ._base import ModelBase, SequentialModel
+from ._base import ModelBase, SequentialModel, linear_like
 
 __all__ = ["Residual", "resnet_block", "BasicBlock", "Bottleneck", "ResNet"]
 
@@ -193,7 +193,7 @@ class ResNet(ModelBase):
         return self.fc
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc = linear_like(self.fc, num_classes)
         self.num_classes = num_classes
 
 

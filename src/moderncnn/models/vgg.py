@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import register_model
-from ._base import ModelBase, SequentialModel
+from ._base import ModelBase, SequentialModel, linear_like
 
 __all__ = ["vgg_block", "vgg", "make_layers", "VGG", "cfgs"]
 
@@ -144,7 +144,7 @@ class VGG(ModelBase):
         return self.classifier[-1]
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.classifier[-1] = nn.Linear(self.classifier[-1].in_features, num_classes)
+        self.classifier[-1] = linear_like(self.classifier[-1], num_classes)
         self.num_classes = num_classes
 
 

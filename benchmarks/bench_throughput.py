@@ -1,0 +1,129 @@
+"""Training throughput of every book recipe: moderncnn against the book's own pipeline.
+
+Both sides train the same model (the book's form, Xavier init, plain SGD at the
+recipe's lr and batch size) on the full Fashion-MNIST training set, resized to
+the recipe's size, on the same device, for the same number of batches after the
+same warm-up. moderncnn: the data set as one uint8 tensor on the device,
+batch-wise resize, bf16 autocast and channels_last as the trainer picks them
+for the device, no host sync in the step. Reference: ``reference_pipeline.py``
+(torchvision FashionMNIST + Resize + ToTensor, DataLoader(num_workers=4), fp32,
+a host sync per batch). Examples/sec are end to end (data loading included).
+
+    python benchmarks/bench_throughput.py --data-dir ../shared/data/fashion-mnist [--device cuda] \
+        [--batches 20] [--models lenet,alexnet] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import moderncnn  # noqa: E402
+from moderncnn.data import DeviceLoader, load_dataset  # noqa: E402
+from moderncnn.recipes import BOOK_RECIPES, get_recipe  # noqa: E402
+from moderncnn.train import build_loss, build_optimizer, default_speed, init_weights, make_train_step, select_device  # noqa: E402
+from reference_pipeline import book_init, book_train_iter, time_book_steps, torchvision_root  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: int, compile: bool = False,
+                   amp: bool = True, channels_last: bool | None = None) -> float:
+    recipe = get_recipe(name, "book")
+    speed = default_speed(device)
+    if not amp:
+        speed["amp_dtype"] = None
+    if channels_last is not None:
+        speed["channels_last"] = channels_last
+    torch.manual_seed(0)
+    model = init_weights(moderncnn.create_model(name, **recipe.model_kwargs)).to(device)
+    if speed["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if compile else model
+    net.train()
+    step = make_train_step(net, build_optimizer(model, recipe, device), build_loss(recipe), amp_dtype=speed["amp_dtype"])
+    loader = DeviceLoader(data, recipe.batch_size, device=device, shuffle=True, drop_last=True,
+                          resize=recipe.resize, channels_last=speed["channels_last"])
+    it = iter(loader)
+    for i in range(warmup + batches):
+        if i == warmup:
+            sync(device)
+            start = time.perf_counter()
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        step(x, y)
+    sync(device)
+    return batches * recipe.batch_size / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"))
+    p.add_argument("--device", default=None)
+    p.add_argument("--batches", type=int, default=20, help="timed batches per model and pipeline")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--models", default=",".join(BOOK_RECIPES), help="comma-separated book-recipe models")
+    p.add_argument("--workers", type=int, default=4, help="the reference DataLoader's workers (the book: 4)")
+    p.add_argument("--compile", action="store_true", help="also time moderncnn with torch.compile")
+    p.add_argument("--no-amp", action="store_true", help="moderncnn in fp32")
+    p.add_argument("--channels-last", type=int, choices=(0, 1), default=None, help="force channels_last off/on")
+    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+
+    device = select_device(args.device)
+    data = load_dataset("fashion-mnist", "train", root=args.data_dir, download=False, allow_sample=False)
+    work = Path(tempfile.mkdtemp(prefix="moderncnn-bench-"))
+    root = torchvision_root(Path(args.data_dir), work)
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    print(f"# {dev_name}, {torch.get_num_threads()} threads; torch {torch.__version__}, torchvision "
+          f"{torchvision.__version__}, moderncnn {moderncnn.__version__}; {args.batches} timed batches after "
+          f"{args.warmup} warm-up", flush=True)
+    header = "| recipe | batch | resize | book pipeline ex/s (book's timer) | moderncnn ex/s | speed-up |"
+    if args.compile:
+        header += " moderncnn + compile ex/s | speed-up |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|", flush=True)
+    results = []
+    for name in args.models.split(","):
+        recipe = get_recipe(name, "book")
+        torch.manual_seed(0)
+        ref_model = moderncnn.create_model(name, **recipe.model_kwargs)
+        book_init(ref_model)
+        loader = book_train_iter(root, recipe.batch_size, recipe.resize, num_workers=args.workers)
+        ref, ref_book = (1.0, 1.0) if args.skip_reference else time_book_steps(ref_model, loader, recipe.lr, device, args.batches, args.warmup)
+        del loader, ref_model
+        opts = {"amp": not args.no_amp, "channels_last": None if args.channels_last is None else bool(args.channels_last)}
+        ours = time_moderncnn(name, data, device, args.batches, args.warmup, **opts)
+        row = {"recipe": name, "batch": recipe.batch_size, "resize": recipe.resize, "reference": ref,
+               "reference_book_timer": ref_book, "moderncnn": ours}
+        line = (f"| {name} | {recipe.batch_size} | {recipe.resize or 28} | {ref:,.0f} ({ref_book:,.0f}) | "
+                f"{ours:,.0f} | {ours / ref:.1f}x |")
+        if args.compile:
+            row["moderncnn_compile"] = comp = time_moderncnn(name, data, device, args.batches, args.warmup, compile=True, **opts)
+            line += f" {comp:,.0f} | {comp / ref:.1f}x |"
+        results.append(row)
+        print(line, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": dev_name, "torch": torch.__version__,
+                                               "batches": args.batches, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
