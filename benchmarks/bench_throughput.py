@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -43,15 +44,16 @@ def sync(device: torch.device) -> None:
 def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: int, compile: bool = False,
                    amp: bool = True, channels_last: bool | None = None) -> float:
     recipe = get_recipe(name, "book")
-    speed = default_speed(device)
+    torch.manual_seed(0)
+    model = init_weights(moderncnn.create_model(name, **recipe.model_kwargs)).to(device)
+    speed = default_speed(device, model)
     if not amp:
         speed["amp_dtype"] = None
     if channels_last is not None:
         speed["channels_last"] = channels_last
-    torch.manual_seed(0)
-    model = init_weights(moderncnn.create_model(name, **recipe.model_kwargs)).to(device)
     if speed["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as fit() does; the book's loop does not
     net = torch.compile(model) if compile else model
     net.train()
     step = make_train_step(net, build_optimizer(model, recipe, device), build_loss(recipe), amp_dtype=speed["amp_dtype"])
@@ -69,6 +71,7 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
             x, y = next(it)
         step(x, y)
     sync(device)
+    torch.backends.cudnn.benchmark = False
     return batches * recipe.batch_size / (time.perf_counter() - start)
 
 
@@ -78,7 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--batches", type=int, default=20, help="timed batches per model and pipeline")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="alternating measurements per pipeline; the median is shown")
     p.add_argument("--models", default=",".join(BOOK_RECIPES), help="comma-separated book-recipe models")
+    p.add_argument("--small-factor", type=int, default=10,
+                   help="the 28-pixel recipes (milliseconds a step) run this many times --batches")
     p.add_argument("--workers", type=int, default=4, help="the reference DataLoader's workers (the book: 4)")
     p.add_argument("--compile", action="store_true", help="also time moderncnn with torch.compile")
     p.add_argument("--no-amp", action="store_true", help="moderncnn in fp32")
@@ -92,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="moderncnn-bench-"))
     root = torchvision_root(Path(args.data_dir), work)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"# {dev_name}, {torch.get_num_threads()} threads; torch {torch.__version__}, torchvision "
-          f"{torchvision.__version__}, moderncnn {moderncnn.__version__}; {args.batches} timed batches after "
+    print(f"# medians of {args.repeats} alternating runs; {dev_name}, {torch.get_num_threads()} threads; torch {torch.__version__}, torchvision "
+          f"{torchvision.__version__}, moderncnn {moderncnn.__version__}; {args.batches} timed batches ({args.batches * args.small_factor} for 28-pixel recipes) after "
           f"{args.warmup} warm-up", flush=True)
     header = "| recipe | batch | resize | book pipeline ex/s (book's timer) | moderncnn ex/s | speed-up |"
     if args.compile:
@@ -101,24 +107,34 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("|---" * (header.count("|") - 1) + "|", flush=True)
     results = []
+    opts = {"amp": not args.no_amp, "channels_last": None if args.channels_last is None else bool(args.channels_last)}
     for name in args.models.split(","):
         recipe = get_recipe(name, "book")
-        torch.manual_seed(0)
-        ref_model = moderncnn.create_model(name, **recipe.model_kwargs)
-        book_init(ref_model)
-        loader = book_train_iter(root, recipe.batch_size, recipe.resize, num_workers=args.workers)
-        ref, ref_book = (1.0, 1.0) if args.skip_reference else time_book_steps(ref_model, loader, recipe.lr, device, args.batches, args.warmup)
-        del loader, ref_model
-        opts = {"amp": not args.no_amp, "channels_last": None if args.channels_last is None else bool(args.channels_last)}
-        ours = time_moderncnn(name, data, device, args.batches, args.warmup, **opts)
-        row = {"recipe": name, "batch": recipe.batch_size, "resize": recipe.resize, "reference": ref,
-               "reference_book_timer": ref_book, "moderncnn": ours}
-        line = (f"| {name} | {recipe.batch_size} | {recipe.resize or 28} | {ref:,.0f} ({ref_book:,.0f}) | "
-                f"{ours:,.0f} | {ours / ref:.1f}x |")
+        batches = args.batches * (args.small_factor if recipe.resize is None else 1)
+        runs: dict[str, list[float]] = {"reference": [], "reference_book_timer": [], "moderncnn": [], "moderncnn_compile": []}
+        for _ in range(args.repeats):  # alternate the two pipelines: this machine's speed drifts by up to 2x
+            if not args.skip_reference:
+                torch.manual_seed(0)
+                ref_model = moderncnn.create_model(name, **recipe.model_kwargs)
+                book_init(ref_model)
+                loader = book_train_iter(root, recipe.batch_size, recipe.resize, num_workers=args.workers)
+                ref, ref_book = time_book_steps(ref_model, loader, recipe.lr, device, batches, args.warmup)
+                runs["reference"].append(ref)
+                runs["reference_book_timer"].append(ref_book)
+                del loader, ref_model
+            runs["moderncnn"].append(time_moderncnn(name, data, device, batches, args.warmup, **opts))
+            if args.compile:
+                runs["moderncnn_compile"].append(
+                    time_moderncnn(name, data, device, batches, args.warmup, compile=True, **opts))
+        med = {k: statistics.median(v) for k, v in runs.items() if v}
+        ref, ours = med.get("reference", float("nan")), med["moderncnn"]
+        results.append({"recipe": name, "batch": recipe.batch_size, "resize": recipe.resize, "batches": batches,
+                        **{f"{k}_median": v for k, v in med.items()}, "runs": runs})
+        line = (f"| {name} | {recipe.batch_size} | {recipe.resize or 28} | {ref:,.0f} "
+                f"({med.get('reference_book_timer', float('nan')):,.0f}) | {ours:,.0f} | {ours / ref:.1f}x |")
         if args.compile:
-            row["moderncnn_compile"] = comp = time_moderncnn(name, data, device, args.batches, args.warmup, compile=True, **opts)
+            comp = med["moderncnn_compile"]
             line += f" {comp:,.0f} | {comp / ref:.1f}x |"
-        results.append(row)
         print(line, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": dev_name, "torch": torch.__version__,

@@ -33,6 +33,7 @@ import torch.nn as nn
 from .checkpoint import (RunFiles, atomic_write, deferred_interrupt, load_state, load_weights, read_run_json,
                          save_state, save_weights, weights_epoch, write_run_json)
 from .evaluate import autocast, evaluate, select_device
+from .layers import BatchNorm
 from .recipes import BOOK_FIGURES, BOOK_RECIPES, Recipe, get_recipe
 from .registry import get_model_builder
 
@@ -122,17 +123,25 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
     return step
 
 
-def default_speed(device: torch.device) -> dict[str, Any]:
-    """bf16 autocast and channels_last where they pay off (measured; see docs), else off."""
+def default_speed(device: torch.device, model: nn.Module | None = None) -> dict[str, Any]:
+    """bf16 autocast and channels_last where they pay off (measured: docs/benchmarks.md), else off."""
     if device.type == "cuda":
-        # Pays off from AlexNet up; LeNet is launch-bound and runs faster in fp32 (H100: 114k vs 74k ex/s).
+        # H100, book recipes: bf16 makes AlexNet 1.4x faster (21.0k vs 14.8k ex/s) and costs the launch-bound
+        # LeNet/GoogLeNet ~25%; channels_last made no recipe faster at these resolutions and GoogLeNet 25%
+        # slower (its concats and 3x3/1 pools), so it stays off.
         return {"amp_dtype": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
-                "channels_last": True}
+                "channels_last": False}
     if device.type == "cpu":
-        # Measured on a 2-core Xeon with AMX-bf16, batch 128, train step: AlexNet (224) fp32 5.3-5.9 s, bf16
-        # 2.1-3.0 s, bf16 + channels_last 2.2-2.3 s; LeNet fp32 15-17 ms, bf16 + channels_last 8-12 ms.
-        return {"amp_dtype": torch.bfloat16, "channels_last": True}
+        # 2-core Xeon with AMX-bf16, book recipes, bf16 step: channels_last makes GoogLeNet 2.0x, DenseNet
+        # 1.6x and LeNet 1.4x faster, AlexNet and ResNet even, but the BN LeNets 2.3x slower: PyTorch's CPU
+        # channels_last batch norm is slow over a handful of channels (6 and 16 there).
+        return {"amp_dtype": torch.bfloat16, "channels_last": model is None or not _has_narrow_norm(model)}
     return {"amp_dtype": None, "channels_last": False}
+
+
+def _has_narrow_norm(model: nn.Module, narrow: int = 32) -> bool:
+    return any(getattr(m, "num_features", narrow) < narrow for m in model.modules()
+               if isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchNorm)))
 
 
 def _sync(device: torch.device) -> None:
@@ -252,11 +261,12 @@ def format_final(final: dict[str, Any], recipe: Recipe | None = None) -> str:
              f"{final['examples_per_sec']:.1f} examples/sec on {final['device']}"]
     if recipe is None or recipe.book not in BOOK_FIGURES:
         return "\n".join(lines)
-    rows = [("ours", final["loss"], final["train_acc"], final["test_acc"], final["examples_per_sec"])]
-    rows += [(f"book {build}", f.loss, f.train_acc, f.test_acc, f.examples_per_sec)
+    rows = [(f"ours ({final['device']})", final["loss"], final["train_acc"], final["test_acc"],
+             final["examples_per_sec"])]
+    rows += [(f"book {build} (V100)", f.loss, f.train_acc, f.test_acc, f.examples_per_sec)
              for build, f in BOOK_FIGURES[recipe.book].items()]
-    lines += ["", f"{'':15} {'loss':>6} {'train acc':>9} {'test acc':>8} {'examples/sec':>12}"]
-    lines += [f"{n:15} {lo:6.3f} {tr:9.3f} {te:8.3f} {ex:12.1f}" for n, lo, tr, te, ex in rows]
+    lines += ["", f"{'':22} {'loss':>6} {'train acc':>9} {'test acc':>8} {'examples/sec':>12}"]
+    lines += [f"{n:22} {lo:6.3f} {tr:9.3f} {te:8.3f} {ex:12.1f}" for n, lo, tr, te, ex in rows]
     diff = recipe.differences(BOOK_RECIPES[recipe.book], ignore=("based_on", "book", "model_kwargs"))
     diff.update({f"model {k}": v for k, v in _dict_diff(recipe.model_kwargs, BOOK_RECIPES[recipe.book].model_kwargs)})
     if diff:
@@ -376,11 +386,13 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     recipe = _fit_resize(recipe, model, native, explicit="resize" in overrides)
     normalize = _channel_stats(train_data.images) if recipe.normalize else None
 
-    speed = default_speed(device)
+    speed = default_speed(device, model)
     amp_dtype = speed["amp_dtype"] if amp is None or amp else None
     if amp and amp_dtype is None:
         amp_dtype = torch.bfloat16
     use_cl = speed["channels_last"] if channels_last is None else channels_last
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick the fastest conv kernels once
 
     meta = _run_metadata(name, recipe, seed, train_data, test_data, normalize, device, command,
                          speed={"amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
