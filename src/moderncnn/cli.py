@@ -135,6 +135,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
 
 
+def _add_device(p) -> None:
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+
+
+def _add_data_location(p) -> None:
+    p.add_argument("--data-dir", help="where the data set's files are (else $MODERNCNN_DATA, then the cache)")
+    p.add_argument("--no-download", action="store_true", help="never download a missing data set")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moderncnn",
@@ -181,13 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pass a keyword to the model builder, e.g. --model-arg ratio=8 (repeatable)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="fashion-mnist (default), mnist, cifar10, or a folder of class sub-folders")
-    g.add_argument("--data-dir", help="where the data set's files are (else $MODERNCNN_DATA, then the cache)")
-    g.add_argument("--no-download", action="store_true", help="never download a missing data set")
+    _add_data_location(g)
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run directory (default: runs/MODEL-RECIPE)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    _add_device(g)
     g.add_argument("--seed", type=int, default=0, help="seed of the init, the shuffle and dropout (default 0)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up not timed)")
     g.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast on cuda and cpu)")
@@ -206,10 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR")
     p.add_argument("--out", help="directory for confusion.png (default: the run directory)")
     p.add_argument("--dataset", help="evaluate on this data set instead of the run's")
-    p.add_argument("--data-dir", help="where the data set's files are (else $MODERNCNN_DATA, then the cache)")
-    p.add_argument("--no-download", action="store_true", help="never download a missing data set")
+    _add_data_location(p)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    _add_device(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -221,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=3, help="how many classes to show (default 3)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    _add_device(p)
     p.set_defaults(func=cmd_predict)
 
     return parser

@@ -478,6 +478,9 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
                          run_dir=files.dir if files else None, paths=paths, metadata=meta)
     if history:
         print(format_final(final, recipe))
+        if train_data.is_sample:
+            print(f"(trained on the embedded sample of {len(train_data):,} images, not the full set: "
+                  "not comparable with the book's figures; see the notice above for the full set)")
     return result
 
 
