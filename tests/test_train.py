@@ -405,3 +405,13 @@ def test_predict_from_files_and_tensors(data28, tmp_path):
         predict(model, [tmp_path / "notes.txt"], topk=1)
     with pytest.raises(FileNotFoundError, match="no such image file"):
         predict(model, [tmp_path / "absent.png"])
+
+
+@pytest.mark.parametrize("name, cpu_channels_last", [("lenet", True), ("googlenet", True), ("lenet_bn", False),
+                                                     ("lenet_bn_scratch", False), ("resnet18_book", True)])
+def test_default_speed_follows_the_measurements(name, cpu_channels_last):
+    from moderncnn.train import default_speed
+
+    cpu = default_speed(torch.device("cpu"), create_model(name))
+    assert cpu == {"amp_dtype": torch.bfloat16, "channels_last": cpu_channels_last}
+    assert default_speed(torch.device("meta")) == {"amp_dtype": None, "channels_last": False}
