@@ -14,7 +14,7 @@ class CLIError(Exception):
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:
-    """``"1x224x224"`` -> ``(1, 224, 224)``; ``"224"`` -> ``(None, 224, 224)`` is not allowed: give C x H x W."""
+    """``"1x224x224"`` -> ``(1, 224, 224)``: channels x height x width, all three required."""
     try:
         dims = tuple(int(p) for p in text.lower().split("x"))
     except ValueError:
