@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import moderncnn  # noqa: E402
 from moderncnn.data import DeviceLoader, load_dataset  # noqa: E402
 from moderncnn.recipes import BOOK_RECIPES, get_recipe  # noqa: E402
-from moderncnn.train import build_loss, build_optimizer, default_speed, init_weights, make_train_step, select_device  # noqa: E402
+from moderncnn.train import (COMPILE_MODES, build_loss, build_optimizer, compiled, default_speed,  # noqa: E402
+                             init_weights, make_train_step, select_device)
 from reference_pipeline import book_init, book_train_iter, time_book_steps, torchvision_root  # noqa: E402
 
 
@@ -41,12 +42,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: int, compile: bool = False,
-                   amp: bool = True, channels_last: bool | None = None) -> float:
+def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: int, compile: str | None = None,
+                   amp: bool = True, channels_last: bool | None = None) -> tuple[float, float]:
+    """(examples/sec over the timed batches, seconds the warm-up took: compilation included)."""
     recipe = get_recipe(name, "book")
     torch.manual_seed(0)
     model = init_weights(moderncnn.create_model(name, **recipe.model_kwargs)).to(device)
-    speed = default_speed(device, model)
+    speed = default_speed(device, model, compiled=compile is not None)
     if not amp:
         speed["amp_dtype"] = None
     if channels_last is not None:
@@ -54,12 +56,15 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
     if speed["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as fit() does; the book's loop does not
-    net = torch.compile(model) if compile else model
+    if compile:
+        torch._dynamo.reset()  # each timing compiles afresh; many models would otherwise hit dynamo's cache limit
+    net = compiled(model, compile, device)
     net.train()
     step = make_train_step(net, build_optimizer(model, recipe, device), build_loss(recipe), amp_dtype=speed["amp_dtype"])
     loader = DeviceLoader(data, recipe.batch_size, device=device, shuffle=True, drop_last=True,
                           resize=recipe.resize, channels_last=speed["channels_last"])
     it = iter(loader)
+    begin = time.perf_counter()
     for i in range(warmup + batches):
         if i == warmup:
             sync(device)
@@ -72,7 +77,7 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
         step(x, y)
     sync(device)
     torch.backends.cudnn.benchmark = False
-    return batches * recipe.batch_size / (time.perf_counter() - start)
+    return batches * recipe.batch_size / (time.perf_counter() - start), start - begin
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,11 +92,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="the 28-pixel recipes (milliseconds a step) run this many times --batches")
     p.add_argument("--workers", type=int, default=4, help="the reference DataLoader's workers (the book: 4)")
     p.add_argument("--compile", action="store_true", help="also time moderncnn with torch.compile")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile's mode; implies --compile")
     p.add_argument("--no-amp", action="store_true", help="moderncnn in fp32")
     p.add_argument("--channels-last", type=int, choices=(0, 1), default=None, help="force channels_last off/on")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
+    compile_mode = args.compile_mode or ("default" if args.compile else None)
 
     device = select_device(args.device)
     data = load_dataset("fashion-mnist", "train", root=args.data_dir, download=False, allow_sample=False)
@@ -102,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{torchvision.__version__}, moderncnn {moderncnn.__version__}; {args.batches} timed batches ({args.batches * args.small_factor} for 28-pixel recipes) after "
           f"{args.warmup} warm-up", flush=True)
     header = "| recipe | batch | resize | book pipeline ex/s (book's timer) | moderncnn ex/s | speed-up |"
-    if args.compile:
-        header += " moderncnn + compile ex/s | speed-up |"
+    if compile_mode:
+        header += f" moderncnn + compile ({compile_mode}) ex/s | speed-up | compile s |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|", flush=True)
     results = []
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models.split(","):
         recipe = get_recipe(name, "book")
         batches = args.batches * (args.small_factor if recipe.resize is None else 1)
-        runs: dict[str, list[float]] = {"reference": [], "reference_book_timer": [], "moderncnn": [], "moderncnn_compile": []}
+        runs: dict[str, list[float]] = {"reference": [], "reference_book_timer": [], "moderncnn": [], "moderncnn_compile": [],
+                                       "compile_seconds": []}
         for _ in range(args.repeats):  # alternate the two pipelines: this machine's speed drifts by up to 2x
             if not args.skip_reference:
                 torch.manual_seed(0)
@@ -122,23 +130,25 @@ def main(argv: list[str] | None = None) -> None:
                 runs["reference"].append(ref)
                 runs["reference_book_timer"].append(ref_book)
                 del loader, ref_model
-            runs["moderncnn"].append(time_moderncnn(name, data, device, batches, args.warmup, **opts))
-            if args.compile:
-                runs["moderncnn_compile"].append(
-                    time_moderncnn(name, data, device, batches, args.warmup, compile=True, **opts))
+            runs["moderncnn"].append(time_moderncnn(name, data, device, batches, args.warmup, **opts)[0])
+            if compile_mode:
+                rate, warm = time_moderncnn(name, data, device, batches, args.warmup, compile=compile_mode, **opts)
+                runs["moderncnn_compile"].append(rate)
+                runs["compile_seconds"].append(warm)
         med = {k: statistics.median(v) for k, v in runs.items() if v}
         ref, ours = med.get("reference", float("nan")), med["moderncnn"]
         results.append({"recipe": name, "batch": recipe.batch_size, "resize": recipe.resize, "batches": batches,
                         **{f"{k}_median": v for k, v in med.items()}, "runs": runs})
         line = (f"| {name} | {recipe.batch_size} | {recipe.resize or 28} | {ref:,.0f} "
                 f"({med.get('reference_book_timer', float('nan')):,.0f}) | {ours:,.0f} | {ours / ref:.1f}x |")
-        if args.compile:
+        if compile_mode:
             comp = med["moderncnn_compile"]
-            line += f" {comp:,.0f} | {comp / ref:.1f}x |"
+            line += f" {comp:,.0f} | {comp / ref:.1f}x | {max(runs['compile_seconds']):.0f} |"
         print(line, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": dev_name, "torch": torch.__version__,
-                                               "batches": args.batches, "results": results}, indent=1))
+                                               "batches": args.batches,
+                                               "compile_mode": compile_mode, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

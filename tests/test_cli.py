@@ -144,6 +144,12 @@ def test_train_passes_overrides_and_model_args(monkeypatch, capsys):
     assert (kw["epochs"], kw["lr"], kw["seed"], kw["amp"]) == (3, 0.5, 7, False)
     assert kw["model_kwargs"] == {"ratio": 8, "flag": False, "name": "abc"}
     assert "batch_size" not in kw and "resize" not in kw, "unset options keep the recipe's values"
+    assert kw["compile"] is False
+
+    main(["train", "lenet", "--compile", "--quiet"])
+    assert seen["kwargs"]["compile"] is True
+    main(["train", "lenet", "--compile-mode", "reduce-overhead", "--quiet"])
+    assert seen["kwargs"]["compile"] == "reduce-overhead"
 
 
 @pytest.mark.parametrize("text, expected", [("ratio=8", ("ratio", 8)), ("p=0.5", ("p", 0.5)),
@@ -161,6 +167,13 @@ def test_parse_model_arg(text, expected):
 def test_errors_are_one_line(argv, message, idx_dir, tmp_path, capsys):
     code, _, err = run([a.format(idx=idx_dir, tmp=tmp_path) for a in argv], capsys)
     assert code == 2 and message in one_line_error(err, argv[0])
+
+
+def test_unknown_compile_mode_is_argparses_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "lenet", "--compile-mode", "fast"])
+    assert exit_.value.code == 2
+    assert "argument --compile-mode: invalid choice: 'fast'" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_list_and_summary_still_work(capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -17,8 +18,8 @@ from moderncnn.data import ImageDataset
 from moderncnn.evaluate import evaluate, format_per_class, load_images, predict
 from moderncnn.models import ModelBase
 from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, MODERN_LR, Recipe, get_recipe
-from moderncnn.train import (_fit_resize, build_optimizer, build_scheduler, fit, format_final, init_weights,
-                             make_train_step)
+from moderncnn.train import (_fit_resize, build_optimizer, build_scheduler, compile_mode_of, fit, format_final,
+                             init_weights, make_train_step)
 
 FAST = dict(epochs=2, batch_size=32, quiet=True, amp=False)
 
@@ -415,3 +416,34 @@ def test_default_speed_follows_the_measurements(name, cpu_channels_last):
     cpu = default_speed(torch.device("cpu"), create_model(name))
     assert cpu == {"amp_dtype": torch.bfloat16, "channels_last": cpu_channels_last}
     assert default_speed(torch.device("meta")) == {"amp_dtype": None, "channels_last": False}
+
+
+def test_compile_modes():
+    assert compile_mode_of(True) == "default" and compile_mode_of("reduce-overhead") == "reduce-overhead"
+    assert compile_mode_of(False) is None and compile_mode_of(None) is None
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'; use one of default, reduce-overhead"):
+        compile_mode_of("fast")
+    with pytest.raises(ValueError, match="unknown compile mode"):
+        fit("lenet", "book", None, compile="fast", **FAST)  # before any data is looked for
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_training_matches_eager(data28, tmp_path):
+    runs = {mode: fit("lenet", "book", tmp_path / str(mode), train_data=data28[0], test_data=data28[1],
+                      compile=mode, **dict(FAST, epochs=1)) for mode in (False, True)}
+    eager, comp = runs[False], runs[True]
+    assert comp.history[0]["warmup"] and not eager.history[0]["warmup"]
+    assert json.loads((tmp_path / "True" / "run.json").read_text())["speed"]["compile"] == "default"
+    # same init, data order and arithmetic up to the compiler's reordering of float sums
+    assert comp.history[0]["loss"] == pytest.approx(eager.history[0]["loss"], rel=1e-4)
+    for (name, a), b in zip(eager.model.state_dict().items(), comp.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compile_without_a_cxx_compiler_is_a_one_line_error(data28, tmp_path, monkeypatch):
+    inductor_config = pytest.importorskip("torch._inductor.config")
+    pytest.importorskip("torch._inductor.cpp_builder")
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    with pytest.raises(ValueError, match="needs a C.. compiler .*; install g.. or clang, set CXX, or train without"):
+        fit("lenet", "book", tmp_path / "run", train_data=data28[0], test_data=data28[1], compile=True, **FAST)
+    assert not (tmp_path / "run" / "run.json").exists()

@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from .train import COMPILE_MODES
+
 
 class CLIError(Exception):
     """An error the command line reports in one line (exit status 2)."""
@@ -74,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = args.out or Path("runs") / f"{args.model}-{args.recipe}"
     fit(args.model, args.recipe, out, args.device, seed=args.seed, data_dir=args.data_dir,
         download=not args.no_download, amp=False if args.no_amp else None, channels_last=args.channels_last,
-        compile=args.compile, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+        compile=args.compile_mode or args.compile, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
         command=args.command_line, **overrides)
     if not args.quiet:
         print(f"run directory: {out}", file=sys.stderr)
@@ -197,10 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     _add_device(g)
     g.add_argument("--seed", type=int, default=0, help="seed of the init, the shuffle and dropout (default 0)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up not timed)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (the first epoch's compilation is not counted in ex/s)")
+    g.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
+                   help="torch.compile in MODE, implies --compile: " + ", ".join(COMPILE_MODES)
+                        + " (reduce-overhead replays CUDA graphs: for small models on a GPU)")
     g.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast on cuda and cpu)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on for cpu, off for cuda and mps; measured in docs/benchmarks.md)")
+                   help="channels_last memory format (default: what measured fastest for the device and model; docs/benchmarks.md)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bar or per-epoch lines (the final result is still printed)")
     p.set_defaults(func=cmd_train)

@@ -123,8 +123,11 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
     return step
 
 
-def default_speed(device: torch.device, model: nn.Module | None = None) -> dict[str, Any]:
-    """bf16 autocast and channels_last where they pay off (measured: docs/benchmarks.md), else off."""
+def default_speed(device: torch.device, model: nn.Module | None = None, compiled: bool = False) -> dict[str, Any]:
+    """bf16 autocast and channels_last where they pay off (measured: docs/benchmarks.md), else off.
+
+    ``compiled``: the model will run under ``torch.compile``, which changes what pays off on the CPU.
+    """
     if device.type == "cuda":
         # H100, book recipes: bf16 makes AlexNet 1.4x faster (21.0k vs 14.8k ex/s) and costs the launch-bound
         # LeNet/GoogLeNet ~25%; channels_last made no recipe faster at these resolutions and GoogLeNet 25%
@@ -134,9 +137,49 @@ def default_speed(device: torch.device, model: nn.Module | None = None) -> dict[
     if device.type == "cpu":
         # 2-core Xeon with AMX-bf16, book recipes, bf16 step: channels_last makes GoogLeNet 2.0x, DenseNet
         # 1.6x and LeNet 1.4x faster, AlexNet and ResNet even, but the BN LeNets 2.3x slower: PyTorch's CPU
-        # channels_last batch norm is slow over a handful of channels (6 and 16 there).
-        return {"amp_dtype": torch.bfloat16, "channels_last": model is None or not _has_narrow_norm(model)}
+        # channels_last batch norm is slow over a handful of channels (6 and 16 there). Compiled, batch norm
+        # is generated code and that exception goes: channels_last makes the compiled BN LeNet ~1.2x faster.
+        return {"amp_dtype": torch.bfloat16,
+                "channels_last": compiled or model is None or not _has_narrow_norm(model)}
     return {"amp_dtype": None, "channels_last": False}
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode_of(compile: bool | str | None) -> str | None:
+    """The ``torch.compile`` mode that ``compile`` asks for (True: ``"default"``), or None for eager."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return "default"
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {compile!r}; use one of {', '.join(COMPILE_MODES)}")
+    return compile
+
+
+def compiled(model: nn.Module, mode: str | None, device: torch.device | None = None) -> nn.Module:
+    """``model`` under ``torch.compile(mode=...)``, or ``model`` itself for ``mode=None``.
+
+    On the CPU the compiler's generated C++ needs a C++ compiler: without one this fails here, in one line,
+    rather than with the inductor's stack trace at the first step.
+    """
+    if mode is None:
+        return model
+    if device is not None and device.type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+        except ImportError:  # older torch: let torch.compile report it
+            pass
+        else:
+            try:
+                get_cpp_compiler()
+            except RuntimeError as e:
+                raise ValueError(f"--compile on the CPU needs a C++ compiler ({e}); install g++ or clang, "
+                                 f"set CXX, or train without --compile") from None
+    # static shapes: a data set's batches take at most two sizes, and a dynamic-batch graph is slower than
+    # two static ones (CUDA graphs need static shapes anyway)
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 
 def _has_narrow_norm(model: nn.Module, narrow: int = 32) -> bool:
@@ -349,7 +392,7 @@ def _load_data(recipe: Recipe, train_data: Any, test_data: Any, data_dir: str | 
 def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Path | None = None,
         device: str | torch.device | None = None, *, seed: int = 0, data_dir: str | Path | None = None,
         train_data: Any = None, test_data: Any = None, download: bool = True, amp: bool | None = None,
-        channels_last: bool | None = None, compile: bool = False, resume: bool = False, overwrite: bool = False,
+        channels_last: bool | None = None, compile: bool | str = False, resume: bool = False, overwrite: bool = False,
         quiet: bool = False, command: str | None = None,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None, **overrides: Any) -> TrainResult:
     """Train ``model`` (a registered name or a built model) with a recipe, like the book's ``train_ch6``.
@@ -359,7 +402,8 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     model_kwargs={"ratio": 8}``). Data: ``train_data``/``test_data`` (ImageDatasets), else the recipe's
     dataset from ``data_dir``/$MODERNCNN_DATA/the cache (downloaded if allowed). ``out_dir``: a run directory
     for checkpoints, metrics and curves (None: nothing written, no resume). ``amp``/``channels_last``:
-    None picks the device's default (:func:`default_speed`). A built model is re-initialised when the
+    None picks the device's default (:func:`default_speed`). ``compile``: True or a ``torch.compile`` mode
+    (:data:`COMPILE_MODES`; ``"reduce-overhead"`` replays CUDA graphs, for launch-bound small models). A built model is re-initialised when the
     recipe's ``init`` is ``"xavier"``, as ``train_ch6`` does; pass ``init="default"`` to keep its weights.
     ``quiet`` silences the progress bar and the per-epoch lines on stderr; the book's closing lines are
     always printed. ``on_epoch_end(epoch_dict)`` is called after each epoch's checkpoint.
@@ -371,6 +415,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
         recipe = recipe.replace(**overrides)
     else:
         recipe = get_recipe(name, recipe, **overrides)
+    compile_mode = compile_mode_of(compile)
     device = select_device(device)
     files = RunFiles(out_dir) if out_dir is not None else None
     if files is not None and files.run_json.exists() and not (resume or overwrite):
@@ -386,7 +431,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     recipe = _fit_resize(recipe, model, native, explicit="resize" in overrides)
     normalize = _channel_stats(train_data.images) if recipe.normalize else None
 
-    speed = default_speed(device, model)
+    speed = default_speed(device, model, compiled=compile_mode is not None)
     amp_dtype = speed["amp_dtype"] if amp is None or amp else None
     if amp and amp_dtype is None:
         amp_dtype = torch.bfloat16
@@ -396,7 +441,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
 
     meta = _run_metadata(name, recipe, seed, train_data, test_data, normalize, device, command,
                          speed={"amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
-                                "channels_last": use_cl, "compile": compile})
+                                "channels_last": use_cl, "compile": compile_mode or False})
 
     resuming = False
     if files is not None:
@@ -424,7 +469,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     history = _restore(files, model, optimizer, scheduler, device) if resuming else []
     start = meta["epochs_done"] = len(history)
 
-    net = torch.compile(model) if compile else model
+    net = compiled(model, compile_mode, device)
     step = make_train_step(net, optimizer, build_loss(recipe), amp_dtype=amp_dtype, scheduler=scheduler)
     if files is not None:
         write_run_json(files.run_json, meta)
@@ -438,8 +483,10 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
 
     try:
         for epoch in range(start, recipe.epochs):
-            record = _train_epoch(net, step, train_loader, test_loader, device, amp_dtype, epoch, recipe.epochs,
-                                  warmup=compile and epoch == start, quiet=quiet, tqdm=tqdm,
+            # the test pass runs eagerly: a compiled eval graph (two, with the last smaller batch) costs more
+            # compilation than the pass saves
+            record = _train_epoch(model, step, train_loader, test_loader, device, amp_dtype, epoch, recipe.epochs,
+                                  warmup=bool(compile_mode) and epoch == start, quiet=quiet, tqdm=tqdm,
                                   classes=list(train_data.classes))
             if scheduler is not None:
                 record["lr"] = scheduler.get_last_lr()[0]
@@ -530,7 +577,7 @@ def _create(name: str, recipe: Recipe, num_classes: int, in_channels: int) -> nn
     return create_model(name, num_classes=num_classes, in_channels=in_channels, **recipe.model_kwargs)
 
 
-def _train_epoch(net: nn.Module, step: TrainStep, train_loader: Any, test_loader: Any, device: torch.device,
+def _train_epoch(model: nn.Module, step: TrainStep, train_loader: Any, test_loader: Any, device: torch.device,
                  amp_dtype: torch.dtype | None, epoch: int, epochs: int, *, warmup: bool, quiet: bool, tqdm: Any,
                  classes: list[str]) -> dict[str, Any]:
     """One epoch: train (timed, one sync at the end), then test accuracy (not timed).
@@ -539,7 +586,7 @@ def _train_epoch(net: nn.Module, step: TrainStep, train_loader: Any, test_loader
     smaller batch), so the run's examples/sec leaves it out when there are other epochs.
     """
     train_loader.set_epoch(epoch)
-    net.train()
+    model.train()
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
@@ -555,7 +602,7 @@ def _train_epoch(net: nn.Module, step: TrainStep, train_loader: Any, test_loader
     train_seconds = time.perf_counter() - t0
     if seen == 0:
         raise ValueError("the training set is empty: check --subset and the data directory")
-    test = evaluate(net, test_loader, device, amp_dtype=amp_dtype, classes=classes)
+    test = evaluate(model, test_loader, device, amp_dtype=amp_dtype, classes=classes)
     return {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
             "test_acc": test["accuracy"], "examples_per_sec": seen / train_seconds, "train_seconds": train_seconds,
             "examples": seen, "warmup": warmup, "wall_seconds": time.perf_counter() - t0}
