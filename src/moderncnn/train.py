@@ -138,7 +138,8 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
         # 2-core Xeon with AMX-bf16, book recipes, bf16 step: channels_last makes GoogLeNet 2.0x, DenseNet
         # 1.6x and LeNet 1.4x faster, AlexNet and ResNet even, but the BN LeNets 2.3x slower: PyTorch's CPU
         # channels_last batch norm is slow over a handful of channels (6 and 16 there). Compiled, batch norm
-        # is generated code and that exception goes: channels_last makes the compiled BN LeNet ~1.2x faster.
+        # is generated code and that exception goes: channels_last makes the compiled BN LeNet ~1.2x faster
+        # (the from-scratch one ~5% slower).
         return {"amp_dtype": torch.bfloat16,
                 "channels_last": compiled or model is None or not _has_narrow_norm(model)}
     return {"amp_dtype": None, "channels_last": False}
@@ -177,8 +178,8 @@ def compiled(model: nn.Module, mode: str | None, device: torch.device | None = N
             except RuntimeError as e:
                 raise ValueError(f"--compile on the CPU needs a C++ compiler ({e}); install g++ or clang, "
                                  f"set CXX, or train without --compile") from None
-    # static shapes: a data set's batches take at most two sizes, and a dynamic-batch graph is slower than
-    # two static ones (CUDA graphs need static shapes anyway)
+    # static shapes: an epoch's batches take at most two sizes, so at most two graphs, each specialised to
+    # its batch; CUDA graphs need static shapes anyway
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 
@@ -403,8 +404,9 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     dataset from ``data_dir``/$MODERNCNN_DATA/the cache (downloaded if allowed). ``out_dir``: a run directory
     for checkpoints, metrics and curves (None: nothing written, no resume). ``amp``/``channels_last``:
     None picks the device's default (:func:`default_speed`). ``compile``: True or a ``torch.compile`` mode
-    (:data:`COMPILE_MODES`; ``"reduce-overhead"`` replays CUDA graphs, for launch-bound small models). A built model is re-initialised when the
-    recipe's ``init`` is ``"xavier"``, as ``train_ch6`` does; pass ``init="default"`` to keep its weights.
+    (:data:`COMPILE_MODES`; ``"reduce-overhead"`` replays CUDA graphs, for launch-bound small models).
+    A built model is re-initialised when the recipe's ``init`` is ``"xavier"``, as ``train_ch6`` does; pass
+    ``init="default"`` to keep its weights.
     ``quiet`` silences the progress bar and the per-epoch lines on stderr; the book's closing lines are
     always printed. ``on_epoch_end(epoch_dict)`` is called after each epoch's checkpoint.
     """
@@ -483,8 +485,8 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
 
     try:
         for epoch in range(start, recipe.epochs):
-            # the test pass runs eagerly: a compiled eval graph (two, with the last smaller batch) costs more
-            # compilation than the pass saves
+            # the test pass (forward only, a sixth of the training images) runs eagerly: compiled, it would
+            # add two more graphs' compilation to every run
             record = _train_epoch(model, step, train_loader, test_loader, device, amp_dtype, epoch, recipe.epochs,
                                   warmup=bool(compile_mode) and epoch == start, quiet=quiet, tqdm=tqdm,
                                   classes=list(train_data.classes))
