@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -103,14 +104,20 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(args.device)
     data = load_dataset("fashion-mnist", "train", root=args.data_dir, download=False, allow_sample=False)
     work = Path(tempfile.mkdtemp(prefix="moderncnn-bench-"))
-    root = torchvision_root(Path(args.data_dir), work)
+    try:
+        run_all(args, device, data, torchvision_root(Path(args.data_dir), work), compile_mode)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the reference's uncompressed copy of the data set
+
+
+def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, compile_mode: str | None) -> None:
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"# medians of {args.repeats} alternating runs; {dev_name}, {torch.get_num_threads()} threads; torch {torch.__version__}, torchvision "
           f"{torchvision.__version__}, moderncnn {moderncnn.__version__}; {args.batches} timed batches ({args.batches * args.small_factor} for 28-pixel recipes) after "
           f"{args.warmup} warm-up", flush=True)
     header = "| recipe | batch | resize | book pipeline ex/s (book's timer) | moderncnn ex/s | speed-up |"
     if compile_mode:
-        header += f" moderncnn + compile ({compile_mode}) ex/s | speed-up | compile s |"
+        header += f" moderncnn + compile ({compile_mode}) ex/s | speed-up | warm-up s |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|", flush=True)
     results = []

@@ -1,7 +1,8 @@
 """The book's chapter-7 experiments over several seeds: mean and spread, beside the book's figures.
 
     python benchmarks/book_experiments.py --data-dir DIR --seeds 0,1,2 [--models lenet,alexnet] \
-        [--device cuda] [--recipe book] [--out runs/book] [--markdown docs/out.md] [any fit override, e.g. --epochs 2]
+        [--device cuda] [--recipe book] [--out runs/book] [--markdown docs/out.md] [--compile-mode MODE] \
+        [--epochs N] [--subset N]
 
 Each (model, seed) is one ``moderncnn.fit`` run with its own run directory
 under ``--out`` (an existing finished run is read back, not trained again, so
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from moderncnn import fit
 from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES
+from moderncnn.train import COMPILE_MODES
 
 
 def run_one(model: str, seed: int, args: argparse.Namespace, overrides: dict) -> dict:
@@ -28,7 +30,7 @@ def run_one(model: str, seed: int, args: argparse.Namespace, overrides: dict) ->
         if meta.get("status") == "finished":
             return meta["final"]
     result = fit(model, args.recipe, run_dir, args.device, seed=seed, data_dir=args.data_dir, download=False,
-                 quiet=True, resume=meta_path.exists(), **overrides)
+                 quiet=True, resume=meta_path.exists(), compile=args.compile_mode or False, **overrides)
     return result.final
 
 
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--epochs", type=int)
     p.add_argument("--subset", type=int)
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile every run in this mode")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("subset", args.subset)) if v is not None}
     seeds = [int(s) for s in args.seeds.split(",")]
