@@ -35,7 +35,7 @@ from moderncnn.data import DeviceLoader, load_dataset  # noqa: E402
 from moderncnn.recipes import BOOK_RECIPES, get_recipe  # noqa: E402
 from moderncnn.train import (COMPILE_MODES, build_loss, build_optimizer, compiled, default_speed,  # noqa: E402
                              init_weights, make_train_step, select_device)
-from reference_pipeline import book_init, book_train_iter, time_book_steps, torchvision_root  # noqa: E402
+from reference_pipeline import book_init, book_train_iter, endless, time_book_steps, torchvision_root  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -64,18 +64,13 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
     step = make_train_step(net, build_optimizer(model, recipe, device), build_loss(recipe), amp_dtype=speed["amp_dtype"])
     loader = DeviceLoader(data, recipe.batch_size, device=device, shuffle=True, drop_last=True,
                           resize=recipe.resize, channels_last=speed["channels_last"])
-    it = iter(loader)
+    it = endless(loader)
     begin = time.perf_counter()
     for i in range(warmup + batches):
         if i == warmup:
             sync(device)
             start = time.perf_counter()
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(loader)
-            x, y = next(it)
-        step(x, y)
+        step(*next(it))
     sync(device)
     torch.backends.cudnn.benchmark = False
     return batches * recipe.batch_size / (time.perf_counter() - start), start - begin

@@ -49,6 +49,12 @@ def book_init(model: nn.Module) -> None:
     model.apply(init_weights)
 
 
+def endless(loader):
+    """The loader's batches, epoch after epoch: the timed runs may be longer than one epoch."""
+    while True:
+        yield from loader
+
+
 def time_book_steps(model: nn.Module, train_iter: DataLoader, lr: float, device: torch.device,
                     num_batches: int, warmup: int = 2) -> tuple[float, float]:
     """Run train_ch6's inner loop for ``warmup + num_batches`` batches.
@@ -61,17 +67,13 @@ def time_book_steps(model: nn.Module, train_iter: DataLoader, lr: float, device:
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     loss = nn.CrossEntropyLoss()
     step_time = examples = 0.0
-    it = iter(train_iter)
+    it = endless(train_iter)
     for i in range(warmup + num_batches):
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        try:
-            X, y = next(it)
-        except StopIteration:
-            it = iter(train_iter)
-            X, y = next(it)
+        X, y = next(it)
         t0 = time.perf_counter()
         optimizer.zero_grad()
         X, y = X.to(device), y.to(device)
