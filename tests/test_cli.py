@@ -163,6 +163,7 @@ def test_parse_model_arg(text, expected):
     (["train", "lenet", "--data-dir", "{idx}", "--lr", "-1", "--out", "{tmp}/x"], "lr must be > 0"),
     (["train", "lenet", "--dataset", "{tmp}/nothing-here", "--out", "{tmp}/x"], "unknown data set"),
     (["eval", "{tmp}/nowhere"], "no such checkpoint or run directory"),
+    (["summary", "lenet", "--num-classes", "-3"], "num_classes must be a positive integer, got -3"),
 ])
 def test_errors_are_one_line(argv, message, idx_dir, tmp_path, capsys):
     code, _, err = run([a.format(idx=idx_dir, tmp=tmp_path) for a in argv], capsys)
@@ -174,6 +175,16 @@ def test_unknown_compile_mode_is_argparses_usage_error(capsys):
         main(["train", "lenet", "--compile-mode", "fast"])
     assert exit_.value.code == 2
     assert "argument --compile-mode: invalid choice: 'fast'" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_unknown_option_is_the_verbs_usage_error_with_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "run", "photo.png", "--top-k", "2"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: moderncnn predict")
+    assert err.splitlines()[-1] == ("moderncnn predict: error: unrecognized arguments: --top-k 2 "
+                                    "(--top-k: did you mean --topk?)")
 
 
 def test_list_and_summary_still_work(capsys):

@@ -336,6 +336,12 @@ def test_image_folder_with_train_and_val(tmp_path):
         load_dataset(str(tmp_path), "test")
 
 
+def test_image_folder_needs_two_classes(tmp_path):
+    write_images(tmp_path / "photos", {"cat": 3})
+    with pytest.raises(DataError, match="only one class sub-folder .'cat'."):
+        load_dataset(str(tmp_path / "photos"), "train")
+
+
 def test_image_folder_damaged_image(tmp_path):
     write_images(tmp_path, {"a": 2, "b": 2})
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG but not really")

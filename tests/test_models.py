@@ -97,6 +97,17 @@ def test_num_classes_in_channels_and_reset(name):
         model.reset_classifier(4)
         assert model.num_classes == 4
         assert model(torch.rand(1, 3, s, s)).shape == (1, 4)
+        with pytest.raises(ValueError, match="num_classes must be"):
+            model.reset_classifier(0)
+        assert model(torch.rand(1, 3, s, s)).shape == (1, 4)  # a refused reset leaves the head as it was
+
+
+@pytest.mark.parametrize("kwargs", [{"num_classes": 0}, {"num_classes": -3}, {"num_classes": 2.5},
+                                    {"in_channels": 0}])
+def test_bad_sizes_are_one_line_errors(kwargs):
+    (key, value), = kwargs.items()
+    with pytest.raises(ValueError, match=f"{key} must be a positive integer, got {value}"):
+        moderncnn.create_model("resnet18", **kwargs)
 
 
 def test_unknown_name_suggests_close_ones():

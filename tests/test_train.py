@@ -440,6 +440,27 @@ def test_compiled_training_matches_eager(data28, tmp_path):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_compiled_model_sees_only_full_batches(data28, monkeypatch):
+    import moderncnn.train as train
+
+    seen = []
+
+    class Recording(nn.Module):  # stands in for torch.compile's module: records the batch sizes it runs
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return self.model(x)
+
+    monkeypatch.setattr(train, "compiled", lambda model, mode, device=None: Recording(model))
+    result = fit("lenet", "book", None, compile=True, **dict(FAST, batch_size=48, epochs=1),
+                 train_data=data28[0], test_data=data28[1])
+    assert seen == [48, 48]  # 128 images: two full batches compiled; the last 32 ran eagerly
+    assert result.history[0]["examples"] == 128
+
+
 def test_compile_without_a_cxx_compiler_is_a_one_line_error(data28, tmp_path, monkeypatch):
     inductor_config = pytest.importorskip("torch._inductor.config")
     pytest.importorskip("torch._inductor.cpp_builder")
@@ -447,3 +468,14 @@ def test_compile_without_a_cxx_compiler_is_a_one_line_error(data28, tmp_path, mo
     with pytest.raises(ValueError, match="needs a C.. compiler .*; install g.. or clang, set CXX, or train without"):
         fit("lenet", "book", tmp_path / "run", train_data=data28[0], test_data=data28[1], compile=True, **FAST)
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_restores_the_callers_cudnn_benchmark(data28):
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        result = fit("lenet", "book", None, "cuda", train_data=data28[0], test_data=data28[1], **FAST)
+        assert result.device.type == "cuda" and torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before

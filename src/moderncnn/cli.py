@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import ast
 import shlex
 import sys
@@ -237,12 +238,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_predict)
 
+    for verb_parser in sub.choices.values():
+        verb_parser.set_defaults(verb_parser=verb_parser)
     return parser
+
+
+def _reject_unknown(verb_parser: argparse.ArgumentParser, unknown: list[str]) -> None:
+    """The verb's own usage error (not the top level's), naming the closest option to a misspelt one."""
+    known = [s for action in verb_parser._actions for s in action.option_strings]
+    hints = []
+    for arg in unknown:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.6)
+            hints += [f"{arg}: did you mean {close[0]}?"] if close else []
+    verb_parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _reject_unknown(args.verb_parser, unknown)
     args.command_line = "moderncnn " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)

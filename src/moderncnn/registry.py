@@ -45,6 +45,11 @@ def get_model_builder(name: str) -> Callable[..., nn.Module]:
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model: ``create_model("resnet18", num_classes=10, in_channels=1)``."""
     builder = get_model_builder(name)
+    from .models._base import check_size_arg  # models import this module: import at call time
+
+    for key in ("num_classes", "in_channels"):
+        if key in kwargs:
+            check_size_arg(key, kwargs[key])
     try:
         model = builder(**kwargs)
     except TypeError as e:

@@ -178,8 +178,8 @@ def compiled(model: nn.Module, mode: str | None, device: torch.device | None = N
             except RuntimeError as e:
                 raise ValueError(f"--compile on the CPU needs a C++ compiler ({e}); install g++ or clang, "
                                  f"set CXX, or train without --compile") from None
-    # static shapes: an epoch's batches take at most two sizes, so at most two graphs, each specialised to
-    # its batch; CUDA graphs need static shapes anyway
+    # static shapes: fit() compiles for the full batch only (the last, smaller one runs eagerly); CUDA
+    # graphs need static shapes anyway
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 
@@ -438,8 +438,6 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     if amp and amp_dtype is None:
         amp_dtype = torch.bfloat16
     use_cl = speed["channels_last"] if channels_last is None else channels_last
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick the fastest conv kernels once
 
     meta = _run_metadata(name, recipe, seed, train_data, test_data, normalize, device, command,
                          speed={"amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
@@ -471,8 +469,14 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     history = _restore(files, model, optimizer, scheduler, device) if resuming else []
     start = meta["epochs_done"] = len(history)
 
-    net = compiled(model, compile_mode, device)
-    step = make_train_step(net, optimizer, build_loss(recipe), amp_dtype=amp_dtype, scheduler=scheduler)
+    loss_fn = build_loss(recipe)
+    step = make_train_step(model, optimizer, loss_fn, amp_dtype=amp_dtype, scheduler=scheduler)
+    if compile_mode is not None:
+        # one graph, for the full batch: the epoch's last, smaller batch runs eagerly, because a second graph
+        # for it costs 10-20 s of compilation on the CPU (LeNet, BN LeNet, empty cache) to save milliseconds
+        full = make_train_step(compiled(model, compile_mode, device), optimizer, loss_fn, amp_dtype=amp_dtype,
+                               scheduler=scheduler)
+        step = _by_batch_size(recipe.batch_size, full, step)
     if files is not None:
         write_run_json(files.run_json, meta)
     if not quiet:
@@ -483,6 +487,10 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
 
     from tqdm.auto import tqdm
 
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        # fixed batch shapes: pick the fastest conv kernels once; the caller's setting is back after fit
+        torch.backends.cudnn.benchmark = True
     try:
         for epoch in range(start, recipe.epochs):
             # the test pass (forward only, a sixth of the training images) runs eagerly: compiled, it would
@@ -513,6 +521,8 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
             print(f"interrupted: {where}; to continue, run the same command with --resume "
                   f"(or fit(..., resume=True))", file=sys.stderr)
         raise
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
     model.eval()
     final = _summary(history, device) if history else {}
@@ -579,13 +589,21 @@ def _create(name: str, recipe: Recipe, num_classes: int, in_channels: int) -> nn
     return create_model(name, num_classes=num_classes, in_channels=in_channels, **recipe.model_kwargs)
 
 
+def _by_batch_size(size: int, full: TrainStep, other: TrainStep) -> TrainStep:
+    """``full`` for batches of ``size`` examples, ``other`` for the rest."""
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (full if y.shape[0] == size else other)(x, y)
+
+    return step
+
+
 def _train_epoch(model: nn.Module, step: TrainStep, train_loader: Any, test_loader: Any, device: torch.device,
                  amp_dtype: torch.dtype | None, epoch: int, epochs: int, *, warmup: bool, quiet: bool, tqdm: Any,
                  classes: list[str]) -> dict[str, Any]:
     """One epoch: train (timed, one sync at the end), then test accuracy (not timed).
 
-    ``warmup`` marks the first epoch of a compiled model: its time includes compilation (also of the last,
-    smaller batch), so the run's examples/sec leaves it out when there are other epochs.
+    ``warmup`` marks the first epoch of a compiled model: its time includes compilation, so the run's
+    examples/sec leaves it out when there are other epochs.
     """
     train_loader.set_epoch(epoch)
     model.train()

@@ -36,7 +36,7 @@ def load_image_folder(path: str | Path, split: str = "train", *, image_size: int
     train_dir = root / "train"
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if train_dir.is_dir() and test_dir is not None:
-        classes, class_to_idx = _classes(train_dir)
+        classes, class_to_idx = _training_classes(train_dir)
         extra = set(_classes(test_dir)[0]) - set(classes)
         if extra:
             raise DataError(f"{test_dir}: classes {sorted(extra)} have no training folder in {train_dir}; "
@@ -46,7 +46,7 @@ def load_image_folder(path: str | Path, split: str = "train", *, image_size: int
         source = str(train_dir if split == "train" else test_dir)
     else:
         base = train_dir if train_dir.is_dir() else root
-        classes, class_to_idx = _classes(base)
+        classes, class_to_idx = _training_classes(base)
         all_files = _files(base, class_to_idx)
         files = _split(all_files, split)
         source = f"{base} ({split} part of a {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} split, seed {SPLIT_SEED})"
@@ -65,6 +65,15 @@ def _classes(folder: Path) -> tuple[list[str], dict[str, int]]:
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"{folder}: no class sub-folders ({e}); "
                         f"put each class's images in its own sub-folder") from None
+
+
+def _training_classes(folder: Path) -> tuple[list[str], dict[str, int]]:
+    classes, class_to_idx = _classes(folder)
+    if len(classes) < 2:
+        # one class trains to 100% accuracy and means nothing: most likely the wrong folder level
+        raise DataError(f"{folder}: only one class sub-folder ({classes[0]!r}); a classifier needs at least two: "
+                        f"give the folder that holds one sub-folder per class")
+    return classes, class_to_idx
 
 
 def _files(folder: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import register_model
-from ._base import SequentialModel
+from ._base import SequentialModel, check_size_arg
 
 __all__ = ["nin_block", "NiN"]
 
@@ -60,6 +60,7 @@ class NiN(SequentialModel):
         return self[self.classifier_index]
 
     def reset_classifier(self, num_classes: int) -> None:
+        check_size_arg("num_classes", num_classes)
         conv = self.get_classifier()[0]
         block = nin_block(
             conv.in_channels, num_classes, conv.kernel_size, conv.stride, conv.padding, batch_norm=self.batch_norm
