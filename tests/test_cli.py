@@ -161,7 +161,7 @@ def test_parse_model_arg(text, expected):
 @pytest.mark.parametrize("argv, message", [
     (["train", "lenett", "--data-dir", "{idx}"], "unknown model 'lenett'; did you mean lenet"),
     (["train", "lenet", "--data-dir", "{idx}", "--lr", "-1", "--out", "{tmp}/x"], "lr must be > 0"),
-    (["train", "lenet", "--dataset", "{tmp}/nothing-here", "--out", "{tmp}/x"], "unknown data set"),
+    (["train", "lenet", "--dataset", "{tmp}/nothing-here", "--out", "{tmp}/x"], "no such folder of images: "),
     (["eval", "{tmp}/nowhere"], "no such checkpoint or run directory"),
     (["summary", "lenet", "--num-classes", "-3"], "num_classes must be a positive integer, got -3"),
 ])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from moderncnn import create_model, list_models
-from moderncnn.checkpoint import load_checkpoint, save_weights, weights_epoch
+from moderncnn.checkpoint import load_checkpoint, load_weights, save_weights, weights_epoch
 from moderncnn.data import ImageDataset
 from moderncnn.evaluate import evaluate, format_per_class, load_images, predict
 from moderncnn.models import ModelBase
@@ -325,6 +325,34 @@ def test_weights_newer_than_state_are_detected(data8, tmp_path):
     save_weights(tmp_path / "run" / "model.safetensors", tiny(), epoch=2)  # cut off between the two files
     with pytest.raises(ValueError, match="disagree"):
         fit(tiny(), "book", tmp_path / "run", resume=True, **{**kw, "epochs": 2})
+
+
+def test_damaged_state_is_a_one_line_error_and_the_weights_stay(data8, tmp_path):
+    kw = dict(train_data=data8[0], test_data=data8[1], **{**FAST, "batch_size": 16, "epochs": 1})
+    fit(tiny(), "book", tmp_path / "run", **kw)
+    weights = (tmp_path / "run" / "model.safetensors").read_bytes()
+    state = tmp_path / "run" / "state.pt"
+    state.write_bytes(state.read_bytes()[:300])  # truncated, as by a full disk
+    with pytest.raises(ValueError, match=r"state.pt is damaged \(.*\); .* --overwrite") as err:
+        fit(tiny(), "book", tmp_path / "run", resume=True, **{**kw, "epochs": 2})
+    assert "\n" not in str(err.value)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
+
+
+def test_run_directory_that_cannot_be_created_is_a_one_line_error(data8, tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(ValueError, match=r"cannot create the run directory .*file/sub \(.*\); choose another --out"):
+        fit(tiny(), "book", tmp_path / "file" / "sub", train_data=data8[0], test_data=data8[1], **FAST)
+
+
+def test_weights_of_another_model_name_the_mismatch_in_one_line(tmp_path):
+    save_weights(tmp_path / "w.safetensors", create_model("lenet"), epoch=1)
+    with pytest.raises(ValueError, match=r"does not fit the model lenet: 2 of another shape \(first '11.weight': "
+                                         r"file \(10, 84\), model \(7, 84\)\)") as err:
+        load_weights(tmp_path / "w.safetensors", create_model("lenet", num_classes=7))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"missing keys \(first '0.0.weight'\), \d+ unexpected keys"):
+        load_weights(tmp_path / "w.safetensors", create_model("resnet18_book"))
 
 
 # -- speed options ----------------------------------------------------------------------------------------------

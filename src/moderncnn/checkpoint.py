@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+import pickle
 import signal
 import tempfile
 import threading
@@ -118,11 +119,25 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
         tensors = st_load(path.read_bytes())
     except SafetensorError as e:
         raise ValueError(f"{path} is not a readable safetensors file ({e}); retrain or restore it") from None
+    target = _unwrap(model)
     try:
-        _unwrap(model).load_state_dict(tensors)
+        target.load_state_dict(tensors)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ValueError(f"{path} does not fit the model {getattr(model, 'model_name', '')}: {first}") from None
+        why = _mismatch(target.state_dict(), tensors) or str(e).strip().splitlines()[0]
+        raise ValueError(f"{path} does not fit the model {getattr(model, 'model_name', '')}: {why}; "
+                         f"was it saved from another model or with other arguments?") from None
+
+
+def _mismatch(own: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> str:
+    """load_state_dict's many-line complaint, in one line: counts and the first key of each kind."""
+    missing = [k for k in own if k not in loaded]
+    unexpected = [k for k in loaded if k not in own]
+    reshaped = [k for k in own if k in loaded and own[k].shape != loaded[k].shape]
+    parts = [f"{len(missing)} missing keys (first {missing[0]!r})" if missing else "",
+             f"{len(unexpected)} unexpected keys (first {unexpected[0]!r})" if unexpected else "",
+             (f"{len(reshaped)} of another shape (first {reshaped[0]!r}: file {tuple(loaded[reshaped[0]].shape)}, "
+              f"model {tuple(own[reshaped[0]].shape)})") if reshaped else ""]
+    return ", ".join(p for p in parts if p)
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
@@ -132,7 +147,13 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise ValueError(f"{path} is damaged ({first}); the run cannot go on from it: start it again with "
+                         f"--overwrite (which replaces the run: copy model.safetensors first to keep its weights) "
+                         f"or restore the file") from None
 
 
 def write_run_json(path: str | Path, meta: dict[str, Any]) -> None:

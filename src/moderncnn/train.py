@@ -372,7 +372,10 @@ def _claim_run_dir(files: RunFiles, resume: bool, overwrite: bool) -> bool:
             p.unlink(missing_ok=True)
     if resume and not has_run:
         print(f"nothing to resume in {files.dir}: starting a new run", file=sys.stderr)
-    files.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        files.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the run directory {files.dir} ({e.strerror}); choose another --out") from None
     return False
 
 

@@ -74,6 +74,9 @@ def load_dataset(name: str, split: str = "train", *, root: str | Path | None = N
     if key not in DATASETS:
         if Path(name).expanduser().is_dir():
             return load_image_folder(name, split, image_size=image_size)
+        if "/" in name or "\\" in name or name.startswith((".", "~")):  # meant as a folder
+            raise DataError(f"no such folder of images: {name}; give an existing folder (one sub-folder per "
+                            f"class) or one of {', '.join(DATASETS)}")
         raise DataError(f"unknown data set {name!r}: use one of {', '.join(DATASETS)} "
                         f"or the path of a folder of images (one sub-folder per class)")
     bases = _search_dirs(root)
