@@ -140,6 +140,9 @@ def test_modern_recipe_keeps_books_shape_and_changes_optimisation():
     assert set(MODERN_LR) == set(BOOK_RECIPES)
     assert get_recipe("resnet50", "modern").lr == MODERN_LR["resnet18_book"]
     assert get_recipe("mystery", "modern").lr == pytest.approx(GENERIC.lr / 10)
+    # the 28-pixel LeNets (and lenet5, which borrows LeNet's recipe) train without crop + flip
+    assert [get_recipe(m, "modern").augment for m in ("lenet", "lenet_bn", "lenet_bn_scratch", "lenet5")] == [False] * 4
+    assert get_recipe("alexnet", "modern").augment and get_recipe("mystery", "modern").augment
 
 
 class _Sized:

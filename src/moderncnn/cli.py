@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="a name from 'moderncnn list'")
     p.add_argument("--recipe", choices=("book", "modern"), default="book",
-                   help="book: d2l's recipe for this model (default); modern: momentum, schedule, augmentation")
+                   help="book: d2l's recipe for this model (default); modern: Nesterov momentum, one-cycle, "
+                        "label smoothing, crop + flip (not for the 28-pixel LeNets)")
     g = p.add_argument_group("recipe overrides (default: the recipe's value)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--lr", type=float)
