@@ -17,7 +17,7 @@ from moderncnn.checkpoint import load_checkpoint, load_weights, save_weights, we
 from moderncnn.data import ImageDataset
 from moderncnn.evaluate import evaluate, format_per_class, load_images, predict
 from moderncnn.models import ModelBase
-from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, MODERN_LR, Recipe, get_recipe
+from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, MODERN_LR, OWN_VALUES, Recipe, get_recipe
 from moderncnn.train import (_fit_resize, build_optimizer, build_scheduler, compile_mode_of, fit, format_final,
                              init_weights, make_train_step)
 
@@ -114,8 +114,17 @@ def test_book_figures_match_book_md():
                                              ("googlenet_paper", "googlenet")])
 def test_models_without_a_book_experiment_borrow_their_familys(model, borrowed):
     r, b = get_recipe(model), BOOK_RECIPES[borrowed]
-    assert (r.lr, r.batch_size, r.resize, r.book, r.model_kwargs) == (b.lr, b.batch_size, b.resize, None, {})
+    assert (r.batch_size, r.resize, r.book, r.model_kwargs) == (b.batch_size, b.resize, None, {})
+    assert r.lr == OWN_VALUES.get(model, {}).get("book", {}).get("lr", b.lr)
     assert borrowed in r.based_on and model in r.based_on
+
+
+def test_lenet5_trains_with_its_own_lr_and_the_papers_init():
+    for name in ("book", "modern"):
+        r = get_recipe("lenet5", name)
+        assert (r.lr, r.init) == (0.01, "default") and "OWN_VALUES" in r.based_on
+        assert get_recipe("lenet5", name, lr=0.3).lr == 0.3  # the user's value still wins
+    assert get_recipe("lenet5").batch_size == BOOK_RECIPES["lenet"].batch_size
 
 
 def test_generic_recipe_and_overrides():
