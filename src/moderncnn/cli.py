@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import ast
+import difflib
 import shlex
 import sys
 from pathlib import Path
