@@ -115,7 +115,7 @@ def test_book_figures_match_book_md():
 def test_models_without_a_book_experiment_borrow_their_familys(model, borrowed):
     r, b = get_recipe(model), BOOK_RECIPES[borrowed]
     assert (r.batch_size, r.resize, r.book, r.model_kwargs) == (b.batch_size, b.resize, None, {})
-    assert r.lr == OWN_VALUES.get(model, {}).get("book", {}).get("lr", b.lr)
+    assert r.lr == OWN_VALUES.get(model, {}).get("lr", b.lr)
     assert borrowed in r.based_on and model in r.based_on
 
 

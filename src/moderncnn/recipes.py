@@ -153,14 +153,12 @@ MODERN_LR: dict[str, float] = {"lenet": 0.9, "lenet_bn": 0.5, "lenet_bn_scratch"
 #: larger models are measured only with it.
 MODERN_NO_AUGMENT = frozenset({"lenet", "lenet_bn", "lenet_bn_scratch"})
 
-#: Values that replace a borrowed recipe's, per model and recipe, where the borrowed one does not train it.
+#: Values that replace a borrowed recipe's (book and modern alike), per model, where it does not train it.
 #: lenet5's RBF outputs are logits of -(squared distance), up to ~300: at LeNet's lr 0.9 (book) or 0.45
 #: (modern) it stays at 10% accuracy (test 0.100 / 0.234 after 3 epochs), as it does at 0.03 with its own
 #: init. With the paper's init (not Xavier), 10 epochs, seed 0, CPU: book lr 0.01 test 0.803 (0.005: 0.774),
 #: modern lr 0.01 test 0.871 (0.005: 0.860).
-OWN_VALUES: dict[str, dict[str, dict[str, Any]]] = {
-    "lenet5": {"book": {"lr": 0.01, "init": "default"}, "modern": {"lr": 0.01, "init": "default"}},
-}
+OWN_VALUES: dict[str, dict[str, Any]] = {"lenet5": {"lr": 0.01, "init": "default"}}
 
 #: For a model with no book experiment: used when neither its name nor its family matches a book recipe.
 GENERIC = Recipe(model="", lr=0.05, batch_size=128, based_on="the generic recipe (no book recipe for its family)")
@@ -168,10 +166,6 @@ GENERIC = Recipe(model="", lr=0.05, batch_size=128, based_on="the generic recipe
 # A family's book form, for paper forms whose name does not start with a book name (vgg16, resnet50, ...).
 _FAMILY_BOOK_FORM = {"lenet": "lenet", "alexnet": "alexnet", "vgg": "vgg11_book", "nin": "nin",
                      "googlenet": "googlenet", "resnet": "resnet18_book", "densenet": "densenet_book"}
-
-
-def _shown(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in values.items())
 
 
 def _source(model: str) -> str | None:
@@ -211,9 +205,10 @@ def get_recipe(model: str, recipe: str = "book", **overrides: Any) -> Recipe:
                                             based_on=f"the book recipe of {source} (no book experiment for {model})")
     if recipe == "modern":
         base = modernize(base, source)
-    own = OWN_VALUES.get(model, {}).get(recipe)
+    own = OWN_VALUES.get(model)
     if own:
-        base = base.replace(**own, based_on=f"{base.based_on}, with {_shown(own)} (measured: recipes.OWN_VALUES)")
+        shown = ", ".join(f"{k} {v}" for k, v in own.items())
+        base = base.replace(**own, based_on=f"{base.based_on}, with {shown} (measured: recipes.OWN_VALUES)")
     kwargs = overrides.pop("model_kwargs", None)
     if kwargs:
         overrides["model_kwargs"] = {**base.model_kwargs, **kwargs}

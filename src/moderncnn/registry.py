@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-__all__ = ["register_model", "create_model", "list_models", "get_model_builder"]
+__all__ = ["register_model", "create_model", "list_models", "get_model_builder", "check_size_arg"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -42,11 +42,20 @@ def get_model_builder(name: str) -> Callable[..., nn.Module]:
         raise ValueError(f"unknown model {name!r}{hint} ('moderncnn list' shows all {len(_MODELS)} models)") from None
 
 
+def check_size_arg(name: str, value: object) -> None:
+    """A one-line ValueError unless ``value`` is a positive int (``num_classes``, ``in_channels``).
+
+    timm's ``num_classes=0`` (no classifier) is not offered: every model here ends in its classifier, and
+    ``forward_head(x, pre_logits=True)`` gives the features before it.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        hint = "; for features use forward_head(x, pre_logits=True)" if name == "num_classes" and value == 0 else ""
+        raise ValueError(f"{name} must be a positive integer, got {value!r}{hint}")
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model: ``create_model("resnet18", num_classes=10, in_channels=1)``."""
     builder = get_model_builder(name)
-    from .models._base import check_size_arg  # models import this module: import at call time
-
     for key in ("num_classes", "in_channels"):
         if key in kwargs:
             check_size_arg(key, kwargs[key])

@@ -12,18 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["ModelBase", "SequentialModel", "linear_like", "check_size_arg"]
+from ..registry import check_size_arg
 
-
-def check_size_arg(name: str, value: object) -> None:
-    """A one-line ValueError unless ``value`` is a positive int (``num_classes``, ``in_channels``).
-
-    timm's ``num_classes=0`` (no classifier) is not offered: every model here ends in its classifier, and
-    ``forward_head(x, pre_logits=True)`` gives the features before it.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        hint = "; for features use forward_head(x, pre_logits=True)" if name == "num_classes" and value == 0 else ""
-        raise ValueError(f"{name} must be a positive integer, got {value!r}{hint}")
+__all__ = ["ModelBase", "SequentialModel", "linear_like"]
 
 
 def linear_like(old: nn.Linear, num_classes: int) -> nn.Linear:

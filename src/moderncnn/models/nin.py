@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..registry import register_model
-from ._base import SequentialModel, check_size_arg
+from ..registry import check_size_arg, register_model
+from ._base import SequentialModel
 
 __all__ = ["nin_block", "NiN"]
 
