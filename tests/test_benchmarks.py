@@ -52,10 +52,12 @@ def test_bench_throughput_times_both_pipelines_and_compile(tmp_path, capsys):
 def test_book_experiments_tabulates_seeds_and_reuses_finished_runs(tmp_path, monkeypatch, capsys):
     experiments = script("book_experiments")
     argv = ["--data-dir", str(SHARED), "--models", "lenet", "--seeds", "0,1", "--device", "cpu", "--epochs", "1",
-            "--subset", "512", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "table.md")]
+            "--subset", "512", "--resize", "30", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "table.md")]
     experiments.main(argv)
     first = (tmp_path / "table.md").read_text()
-    assert "book recipe, seeds 0,1, overrides {'epochs': 1, 'subset': 512}" in first
+    assert "book recipe, seeds 0,1, overrides {'epochs': 1, 'subset': 512, 'resize': 30}" in first
+    run = json.loads((tmp_path / "runs" / "lenet-book-seed0" / "run.json").read_text())
+    assert run["recipe"]["resize"] == 30
     assert "| lenet |" in first and "| 0.779 / 0.789 |" in first
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["lenet-book-seed0", "lenet-book-seed1"]
 
@@ -65,3 +67,37 @@ def test_book_experiments_tabulates_seeds_and_reuses_finished_runs(tmp_path, mon
     monkeypatch.setattr(experiments, "fit", no_training)
     experiments.main(argv)
     assert (tmp_path / "table.md").read_text() == first
+
+
+@needs_shared
+def test_first_steps_prints_one_line_of_losses_per_lr(capsys):
+    script("first_steps").main(["lenet", "--data-dir", str(SHARED), "--lrs", "0.9,0.1", "--steps", "3",
+                                "--batch-size", "16", "--device", "cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["lenet lr 0.9", "lenet lr 0.1"]
+    first = [[float(v) for v in line.split(":")[1].split()] for line in lines]
+    assert all(len(losses) == 3 for losses in first)
+    assert first[0][0] == first[1][0]  # same init and batch: the first loss does not depend on the lr
+    assert first[0][1:] != first[1][1:]
+
+
+def test_banded_convolution_experiment_matches_conv2d(capsys):
+    experiments = script("cpu_conv_experiments")
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(0)
+    for c, o, h, w, k, pad in [(1, 6, 28, 28, 5, 2), (6, 16, 14, 14, 5, 0), (3, 5, 9, 11, 3, 1)]:
+        conv = nn.Conv2d(c, o, k, padding=pad).double()
+        banded = experiments.BandedConv2d(c, o, k, padding=pad).double()
+        banded.load_state_dict(conv.state_dict())
+        x = torch.randn(3, c, h, w, dtype=torch.float64, requires_grad=True)
+        y = conv(x)
+        grad = torch.randn_like(y)
+        torch.testing.assert_close(banded(x), y)
+        for ours, theirs in zip(torch.autograd.grad(banded(x), (x, banded.weight, banded.bias), grad),
+                                torch.autograd.grad(y, (x, conv.weight, conv.bias), grad)):
+            torch.testing.assert_close(ours, theirs)
+    x = torch.randn(2, 3, 8, 6)
+    torch.testing.assert_close(experiments.MeanPool2d(2)(x), nn.AvgPool2d(2)(x))
+    experiments.main(["--eager", "--rounds", "1"])
+    assert "lenet eager banded: first quartile" in capsys.readouterr().out

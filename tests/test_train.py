@@ -110,7 +110,7 @@ def test_book_figures_match_book_md():
 
 
 @pytest.mark.parametrize("model, borrowed", [("lenet5", "lenet"), ("resnet50", "resnet18_book"),
-                                             ("vgg16", "vgg11_book"), ("nin_bn", "nin"),
+                                             ("vgg16", "vgg11_book"), ("vgg16_bn", "vgg11_book"), ("nin_bn", "nin"),
                                              ("googlenet_paper", "googlenet")])
 def test_models_without_a_book_experiment_borrow_their_familys(model, borrowed):
     r, b = get_recipe(model), BOOK_RECIPES[borrowed]
@@ -125,6 +125,14 @@ def test_lenet5_trains_with_its_own_lr_and_the_papers_init():
         assert (r.lr, r.init) == (0.01, "default") and "OWN_VALUES" in r.based_on
         assert get_recipe("lenet5", name, lr=0.3).lr == 0.3  # the user's value still wins
     assert get_recipe("lenet5").batch_size == BOOK_RECIPES["lenet"].batch_size
+
+
+@pytest.mark.parametrize("depth", [11, 13, 16, 19])
+def test_batch_normed_vggs_train_at_a_fifth_of_the_borrowed_lr(depth):
+    # vgg11_book's 0.05 made vgg11_bn / vgg16_bn diverge in their first steps (recipes.OWN_VALUES)
+    for name in ("book", "modern"):
+        assert get_recipe(f"vgg{depth}_bn", name).lr == 0.01
+    assert get_recipe(f"vgg{depth}").lr == BOOK_RECIPES["vgg11_book"].lr  # without batch norm: borrowed as is
 
 
 def test_generic_recipe_and_overrides():

@@ -158,7 +158,14 @@ MODERN_NO_AUGMENT = frozenset({"lenet", "lenet_bn", "lenet_bn_scratch"})
 #: (modern) it stays at 10% accuracy (test 0.100 / 0.234 after 3 epochs), as it does at 0.03 with its own
 #: init. With the paper's init (not Xavier), 10 epochs, seed 0, CPU: book lr 0.01 test 0.803 (0.005: 0.774),
 #: modern lr 0.01 test 0.871 (0.005: 0.860).
-OWN_VALUES: dict[str, dict[str, Any]] = {"lenet5": {"lr": 0.01, "init": "default"}}
+#: The batch-normed VGGs borrow vgg11_book's lr 0.05, which a quarter-width net without batch norm trains at;
+#: with batch norm, features of unit scale feed a 25088 -> 4096 Xavier layer and the first steps blow up
+#: (vgg11_bn at 224 px, batch 32: loss 3.6 -> 203 by step 4; vgg16_bn at 32 px: 4.3 -> 241). 100 steps of
+#: batch 128 at 32 px, vgg11_bn, CPU, seed 0, test acc: book lr 0.05 0.101 (diverged), 0.01 0.787; modern
+#: peak 0.025 0.674, 0.01 0.681. Unmeasured over 10 epochs at 224 px.
+_VGG_BN = {"lr": 0.01}
+OWN_VALUES: dict[str, dict[str, Any]] = {"lenet5": {"lr": 0.01, "init": "default"},
+                                         **{f"vgg{depth}_bn": _VGG_BN for depth in (11, 13, 16, 19)}}
 
 #: For a model with no book experiment: used when neither its name nor its family matches a book recipe.
 GENERIC = Recipe(model="", lr=0.05, batch_size=128, based_on="the generic recipe (no book recipe for its family)")
