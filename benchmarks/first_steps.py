@@ -6,7 +6,8 @@
 A cheap check of a borrowed recipe before a long run (recipes.OWN_VALUES was set from it): the book
 recipe's init and plain SGD (or the modern one's step, without its schedule), bf16 autocast as the trainer
 does on the CPU and GPU, the first ``steps * batch`` training images in the data set's order (not shuffled),
-one line of losses per lr. Defaults to the recipe's resize.
+one line of losses per lr. The size is the recipe's (fitted to the model, as the trainer does) unless
+``--resize`` says otherwise.
 """
 
 from __future__ import annotations
@@ -21,20 +22,24 @@ from moderncnn.data.datasets import load_dataset
 from moderncnn.data.loader import DeviceLoader
 from moderncnn.recipes import get_recipe
 from moderncnn.evaluate import select_device
-from moderncnn.train import build_loss, build_optimizer, default_speed, init_weights, make_train_step
+from moderncnn.train import _fit_resize, build_loss, build_optimizer, default_speed, init_weights, make_train_step
 
 
 def first_losses(model_name: str, lr: float, args: argparse.Namespace, data) -> list[float]:
     recipe = get_recipe(model_name, args.recipe, lr=lr, batch_size=args.batch_size)
+    if args.resize:
+        recipe = recipe.replace(resize=args.resize)
     device = select_device(args.device)
     torch.manual_seed(args.seed)
     model = create_model(model_name, num_classes=len(data.classes), in_channels=data.images.shape[1])
     if recipe.init == "xavier":
         init_weights(model)
+    # a borrowed recipe's resize moved to one the model takes, as the trainer does
+    recipe = _fit_resize(recipe, model, data.images.shape[-1], explicit=bool(args.resize))
     model.to(device)
     step = make_train_step(model, build_optimizer(model, recipe, device), build_loss(recipe),
                            amp_dtype=default_speed(device, model)["amp_dtype"])
-    loader = DeviceLoader(data, args.batch_size, device=device, resize=args.resize or recipe.resize)
+    loader = DeviceLoader(data, args.batch_size, device=device, resize=recipe.resize)
     losses = []
     for (x, y), _ in zip(loader, range(args.steps)):
         loss_sum, _ = step(x, y)

@@ -137,25 +137,6 @@ def test_alexnet_paper(groups):
         assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (1, 4096)
 
 
-@pytest.mark.parametrize("size, channels", [(5, 96), (5, 3), (4, 7), (1, 4), (7, 10)])
-def test_local_response_norm_is_pytorchs(size, channels):
-    from moderncnn.models.alexnet import LocalResponseNorm
-
-    torch.manual_seed(0)
-    ours, theirs = LocalResponseNorm(size, 1e-2, 0.75, 2.0), nn.LocalResponseNorm(size, 1e-2, 0.75, 2.0)
-    assert isinstance(ours, nn.LocalResponseNorm)
-    x = (torch.randn(2, channels, 5, 6, dtype=torch.float64) * 3).requires_grad_()
-    grad = torch.randn(2, channels, 5, 6, dtype=torch.float64)
-    torch.testing.assert_close(ours(x), theirs(x))
-    torch.testing.assert_close(torch.autograd.grad(ours(x), x, grad)[0], torch.autograd.grad(theirs(x), x, grad)[0])
-    x3 = torch.randn(2, channels, 9, dtype=torch.float64)  # other ranks: PyTorch's own path
-    torch.testing.assert_close(ours(x3), theirs(x3))
-    with torch.autocast("cpu", torch.bfloat16):  # stays in bf16 (PyTorch's avg_pool3d route returns fp32)
-        y = ours(x.detach().float().to(memory_format=torch.channels_last).bfloat16())
-    assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), theirs(x.detach().float()), rtol=2e-2, atol=2e-2)
-
-
 def test_alexnet_paper_rejects_bad_groups():
     with pytest.raises(ValueError, match="groups=2"):
         moderncnn.create_model("alexnet_paper", groups=3)

@@ -1,5 +1,6 @@
 """Pieces shared across families."""
 
 from .batchnorm import BatchNorm, batch_norm
+from .lrn import LocalResponseNorm
 
-__all__ = ["BatchNorm", "batch_norm"]
+__all__ = ["BatchNorm", "batch_norm", "LocalResponseNorm"]

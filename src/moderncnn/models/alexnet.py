@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ..layers import LocalResponseNorm
 from ..registry import register_model
 from ._base import ModelBase, SequentialModel, linear_like
 
-__all__ = ["AlexNetBook", "AlexNet", "LocalResponseNorm"]
+__all__ = ["AlexNetBook", "AlexNet"]
 
 # The paper's five convolutions: (out_channels, kernel, stride, padding, split across the two GPUs,
 # response normalization after the ReLU, overlapping max-pool after that).
@@ -24,47 +24,6 @@ _PAPER_CONVS = [
     (384, 3, 1, 1, True, False, False),
     (256, 3, 1, 1, True, False, True),
 ]
-
-
-def _channel_window_sum(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """``out[:, c] = x[:, c - before] + ... + x[:, c + after]``, zero beyond the first and last channel."""
-    c = x.shape[1]
-    padded = F.pad(x, (0, 0, 0, 0, before, after))
-    out = padded[:, :c].clone()
-    for j in range(1, before + after + 1):
-        out += padded[:, j:j + c]
-    return out
-
-
-class _ChannelWindowSum(torch.autograd.Function):
-    # Autograd's own backward of the shifted slices builds a zero-filled copy per slice; the transpose of a
-    # window sum is the mirrored window sum, a third of the memory traffic.
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, before: int, after: int) -> torch.Tensor:
-        ctx.before, ctx.after = before, after
-        return _channel_window_sum(x, before, after)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _channel_window_sum(grad, ctx.after, ctx.before), None, None
-
-
-class LocalResponseNorm(nn.LocalResponseNorm):
-    """``nn.LocalResponseNorm``, the same arithmetic, with the sum over neighbouring channels done as a sum of
-    shifted channel slices.
-
-    PyTorch sums the window with ``avg_pool3d``, which autocast runs in fp32 (it has no bf16 CPU kernel): on
-    the CPU (bf16, batch 32) alexnet_paper's train step took 2.00 s against alexnet's 0.54 s, most of it in
-    the two LRN layers. This form keeps bf16 and is 2.4-5x faster forward and backward; the step takes 0.83 s
-    (docs/benchmarks.md). (A 1x1 convolution by a 0/1 band matrix is as fast, but would count as
-    multiply-adds in ``summary``.)
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            return super().forward(x)
-        window = _ChannelWindowSum.apply(x * x, self.size // 2, (self.size - 1) // 2)
-        return x / (window * (self.alpha / self.size) + self.k).pow(self.beta)
 
 
 class AlexNetBook(SequentialModel):

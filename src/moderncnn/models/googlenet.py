@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import LocalResponseNorm
 from ..registry import register_model
 from ._base import ModelBase, SequentialModel, linear_like
 
@@ -44,9 +45,9 @@ def _conv_relu(in_channels: int, out_channels: int, kernel_size: int, **kwargs) 
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, **kwargs), nn.ReLU(inplace=True))
 
 
-def _lrn() -> nn.LocalResponseNorm:
+def _lrn() -> LocalResponseNorm:
     # The paper gives no LRN constants; these are those of the authors' Caffe model (bvlc_googlenet).
-    return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+    return LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
 
 
 def _caffe_maxpool() -> nn.MaxPool2d:
