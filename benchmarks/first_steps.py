@@ -21,8 +21,8 @@ from moderncnn import create_model
 from moderncnn.data.datasets import load_dataset
 from moderncnn.data.loader import DeviceLoader
 from moderncnn.recipes import get_recipe
-from moderncnn.evaluate import select_device
-from moderncnn.train import _fit_resize, build_loss, build_optimizer, default_speed, init_weights, make_train_step
+from moderncnn.train import (_fit_resize, build_loss, build_optimizer, default_speed, init_weights, make_train_step,
+                             select_device)
 
 
 def first_losses(model_name: str, lr: float, args: argparse.Namespace, data) -> list[float]:
@@ -31,7 +31,8 @@ def first_losses(model_name: str, lr: float, args: argparse.Namespace, data) -> 
         recipe = recipe.replace(resize=args.resize)
     device = select_device(args.device)
     torch.manual_seed(args.seed)
-    model = create_model(model_name, num_classes=len(data.classes), in_channels=data.images.shape[1])
+    model = create_model(model_name, num_classes=len(data.classes), in_channels=data.images.shape[1],
+                         **recipe.model_kwargs)
     if recipe.init == "xavier":
         init_weights(model)
     # a borrowed recipe's resize moved to one the model takes, as the trainer does
