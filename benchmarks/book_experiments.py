@@ -2,7 +2,7 @@
 
     python benchmarks/book_experiments.py --data-dir DIR --seeds 0,1,2 [--models lenet,alexnet] \
         [--device cuda] [--recipe book] [--out runs/book] [--markdown docs/out.md] [--compile-mode MODE] \
-        [--epochs N] [--subset N] [--resize N]
+        [--epochs N] [--subset N] [--test-subset N] [--resize N]
 
 Each (model, seed) is one ``moderncnn.fit`` run with its own run directory
 under ``--out`` (an existing finished run is read back, not trained again, so
@@ -45,10 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--epochs", type=int)
     p.add_argument("--subset", type=int)
+    p.add_argument("--test-subset", type=int, help="test on this many test images (a class-balanced sample)")
     p.add_argument("--resize", type=int, help="train at this size instead of the recipe's (the model must accept it)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile every run in this mode")
     args = p.parse_args(argv)
-    overrides = {k: v for k in ("epochs", "subset", "resize") if (v := getattr(args, k)) is not None}
+    overrides = {k: v for k in ("epochs", "subset", "test_subset", "resize") if (v := getattr(args, k)) is not None}
     seeds = [int(s) for s in args.seeds.split(",")]
 
     lines = [f"{args.recipe} recipe, seeds {args.seeds}" + (f", overrides {overrides}" if overrides else ""), "",

@@ -52,12 +52,14 @@ def test_bench_throughput_times_both_pipelines_and_compile(tmp_path, capsys):
 def test_book_experiments_tabulates_seeds_and_reuses_finished_runs(tmp_path, monkeypatch, capsys):
     experiments = script("book_experiments")
     argv = ["--data-dir", str(SHARED), "--models", "lenet", "--seeds", "0,1", "--device", "cpu", "--epochs", "1",
-            "--subset", "512", "--resize", "30", "--out", str(tmp_path / "runs"), "--markdown", str(tmp_path / "table.md")]
+            "--subset", "512", "--test-subset", "1000", "--resize", "30", "--out", str(tmp_path / "runs"),
+            "--markdown", str(tmp_path / "table.md")]
     experiments.main(argv)
     first = (tmp_path / "table.md").read_text()
-    assert "book recipe, seeds 0,1, overrides {'epochs': 1, 'subset': 512, 'resize': 30}" in first
+    assert ("book recipe, seeds 0,1, overrides {'epochs': 1, 'subset': 512, 'test_subset': 1000, 'resize': 30}"
+            in first)
     run = json.loads((tmp_path / "runs" / "lenet-book-seed0" / "run.json").read_text())
-    assert run["recipe"]["resize"] == 30
+    assert run["recipe"]["resize"] == 30 and run["data"]["test_used"] == 1000
     assert "| lenet |" in first and "| 0.779 / 0.789 |" in first
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["lenet-book-seed0", "lenet-book-seed1"]
 

@@ -75,8 +75,8 @@ def test_train_eval_predict_end_to_end(idx_dir, tmp_path, capsys):
     from PIL import Image
 
     out = tmp_path / "run"
-    train = ["train", "lenet", "--epochs", 1, "--subset", 96, "--batch-size", 32, "--data-dir", idx_dir,
-             "--no-download", "--out", out, "--quiet", "--device", "cpu"]
+    train = ["train", "lenet", "--epochs", 1, "--subset", 96, "--test-subset", 20, "--batch-size", 32,
+             "--data-dir", idx_dir, "--no-download", "--out", out, "--quiet", "--device", "cpu"]
     code, stdout, err = run(train, capsys)
     assert code == 0, err
     lines = stdout.splitlines()
@@ -85,6 +85,8 @@ def test_train_eval_predict_end_to_end(idx_dir, tmp_path, capsys):
     assert any(line.startswith("book en 0.17.5") for line in lines)
     meta = json.loads((out / "run.json").read_text())
     assert meta["data"]["train_used"] == 96 and meta["data"]["test_size"] == 40
+    assert meta["data"]["test_used"] == 20 and meta["recipe"]["test_subset"] == 20
+    assert "test_subset 20 vs None" in stdout, "the final table says the test set was cut"
     assert meta["data"]["source"] == str(idx_dir) and meta["command"].startswith("moderncnn train lenet")
 
     code, stdout, err = run(["train", "lenet", "--data-dir", idx_dir, "--out", out, "--quiet"], capsys)
@@ -92,10 +94,12 @@ def test_train_eval_predict_end_to_end(idx_dir, tmp_path, capsys):
 
     code, stdout, err = run(["eval", out, "--data-dir", idx_dir, "--no-download", "--device", "cpu"], capsys)
     assert code == 0, err
-    assert re.search(r"test acc \d\.\d{3}", stdout) and "Ankle boot" in stdout
+    assert re.search(r"test \(40 images, .*\): test acc \d\.\d{3}", stdout) and "Ankle boot" in stdout
     assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
-    code, _, err = run(["eval", out / "model.safetensors", "--data-dir", idx_dir, "--out", tmp_path / "cm"], capsys)
+    code, stdout, err = run(["eval", out / "model.safetensors", "--data-dir", idx_dir, "--out", tmp_path / "cm",
+                             "--subset", 10], capsys)
     assert code == 0 and (tmp_path / "cm" / "confusion.png").exists()
+    assert "test (10 images, " in stdout
 
     Image.new("RGBA", (64, 48), (255, 255, 255, 128)).save(tmp_path / "photo.png")
     Image.new("L", (10, 10), 30).save(tmp_path / "small.jpg")

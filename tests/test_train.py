@@ -436,6 +436,21 @@ def test_evaluate_counts():
     assert "all" in format_per_class(res).splitlines()[-1]
 
 
+def test_test_subset_is_a_fixed_class_balanced_sample(data28, tmp_path):
+    train, test = data28
+    result = fit("lenet_bn", "book", tmp_path / "run", train_data=train, test_data=test, test_subset=8, **FAST)
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["data"]["test_size"] == 32 and meta["data"]["test_used"] == 8
+    again = evaluate(result.model, test, "cpu", subset=8)
+    assert again["num_examples"] == 8 and again["confusion"].sum(1).tolist() == [2, 2, 2, 2]
+    assert again["accuracy"] == result.final["test_acc"]
+    assert evaluate(result.model, test, "cpu")["num_examples"] == 32
+    with pytest.raises(ValueError, match="needs an ImageDataset"):
+        evaluate(result.model, [(test.images[:4].float() / 255, test.labels[:4])], "cpu", subset=2)
+    with pytest.raises(ValueError, match="test_subset must be >= 1"):
+        get_recipe("lenet", test_subset=0)
+
+
 def test_predict_from_files_and_tensors(data28, tmp_path):
     from PIL import Image
 

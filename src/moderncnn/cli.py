@@ -67,8 +67,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import fit
 
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "resize", "subset", "dataset")
-                 if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "resize", "subset", "test_subset",
+                                               "dataset") if getattr(args, k) is not None}
     model_kwargs = dict(args.model_arg or [])
     if args.ratio is not None:
         model_kwargs["ratio"] = args.ratio
@@ -112,7 +112,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                        f"{len(meta['data']['classes'])}); pass the --dataset it was trained on")
     normalize = inputs.get("normalize")
     result = evaluate(model, test, device, batch_size=args.batch_size, resize=inputs.get("resize"),
-                      normalize=tuple(normalize) if normalize else None)
+                      normalize=tuple(normalize) if normalize else None, subset=args.subset)
     out = Path(args.out) if args.out else Path(meta["run_dir"])
     out.mkdir(parents=True, exist_ok=True)
     png = plot_confusion(result, out / "confusion.png",
@@ -188,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--resize", type=int, help="resize images to RESIZE x RESIZE pixels")
-    g.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only")
+    g.add_argument("--subset", type=int, metavar="N",
+                   help="train on N training images only (a fixed, class-balanced sample)")
+    g.add_argument("--test-subset", type=int, metavar="N",
+                   help="test on N test images only (a fixed, class-balanced sample): a CPU user's 224-pixel "
+                        "run spends minutes on every full test pass")
     g.add_argument("--ratio", type=int, help="vgg11_book: divide every channel count by RATIO (book: 4)")
     g.add_argument("--model-arg", type=parse_model_arg, action="append", metavar="NAME=VALUE",
                    help="pass a keyword to the model builder, e.g. --model-arg ratio=8 (repeatable)")
@@ -223,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for confusion.png (default: the run directory)")
     p.add_argument("--dataset", help="evaluate on this data set instead of the run's")
     _add_data_location(p)
+    p.add_argument("--subset", type=int, metavar="N",
+                   help="evaluate on N test images only (a fixed, class-balanced sample; default all)")
     p.add_argument("--batch-size", type=int, default=256)
     _add_device(p)
     p.set_defaults(func=cmd_eval)

@@ -46,30 +46,34 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 
 def _batches(data: Any, device: torch.device, batch_size: int, resize: int | None, normalize: Normalize | None,
-             channels_last: bool) -> tuple[Iterable, list[str] | None]:
+             channels_last: bool, subset: int | None) -> tuple[Iterable, list[str] | None]:
     """(x, y) batches on ``device`` from an ImageDataset, or any iterable of (x, y) batches as it is."""
     from .data import DeviceLoader, ImageDataset
 
     if isinstance(data, ImageDataset):
         loader = DeviceLoader(data, batch_size, device=device, resize=resize, normalize=normalize,
-                              channels_last=channels_last)
+                              channels_last=channels_last, subset=subset)
         return loader, list(data.classes)
+    if subset is not None:
+        raise ValueError("evaluate(subset=N) needs an ImageDataset: prepared batches are evaluated as they are")
     return data, list(getattr(getattr(data, "dataset", None), "classes", []) or []) or None
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Any, device: str | torch.device | None = None, *, batch_size: int = 256,
              resize: int | None = None, normalize: Normalize | None = None, channels_last: bool = False,
-             amp_dtype: torch.dtype | None = None, classes: Sequence[str] | None = None) -> dict[str, Any]:
+             amp_dtype: torch.dtype | None = None, classes: Sequence[str] | None = None,
+             subset: int | None = None) -> dict[str, Any]:
     """Accuracy, per-class accuracy and confusion matrix of ``model`` on ``data``.
 
     ``data`` is an :class:`~moderncnn.data.ImageDataset` (batched here with ``resize``/``normalize``) or an
-    iterable of ``(x, y)`` batches already prepared (e.g. a :class:`~moderncnn.data.DeviceLoader`). Counts
+    iterable of ``(x, y)`` batches already prepared (e.g. a :class:`~moderncnn.data.DeviceLoader`).
+    ``subset=n``: only the first n images of a fixed class-balanced permutation of an ImageDataset. Counts
     stay on the device until the end (one host sync). Returns ``{"accuracy": float, "per_class": {class:
     accuracy}, "confusion": int64 tensor [true, predicted], "classes": [...], "num_examples": int}``.
     """
     device = select_device(device) if device is not None else next(model.parameters()).device
-    batches, found = _batches(data, device, batch_size, resize, normalize, channels_last)
+    batches, found = _batches(data, device, batch_size, resize, normalize, channels_last, subset)
     classes = list(classes or found or [])
     k = len(classes) or getattr(model, "num_classes", None)
     if not k:

@@ -402,7 +402,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     """Train ``model`` (a registered name or a built model) with a recipe, like the book's ``train_ch6``.
 
     ``recipe``: ``"book"``, ``"modern"`` or a :class:`~moderncnn.recipes.Recipe`; ``overrides`` replace any
-    recipe value (``epochs=2, lr=0.1, batch_size=64, resize=96, subset=1000, dataset="mnist",
+    recipe value (``epochs=2, lr=0.1, batch_size=64, resize=96, subset=1000, test_subset=1000, dataset="mnist",
     model_kwargs={"ratio": 8}``). Data: ``train_data``/``test_data`` (ImageDatasets), else the recipe's
     dataset from ``data_dir``/$MODERNCNN_DATA/the cache (downloaded if allowed). ``out_dir``: a run directory
     for checkpoints, metrics and curves (None: nothing written, no resume). ``amp``/``channels_last``:
@@ -461,8 +461,9 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
                                 augment=recipe.augment, normalize=norm, channels_last=use_cl,
                                 subset=recipe.subset, seed=seed)
     test_loader = DeviceLoader(test_data, recipe.batch_size, device=device, resize=recipe.resize,
-                               normalize=norm, channels_last=use_cl)
+                               normalize=norm, channels_last=use_cl, subset=recipe.test_subset)
     meta["data"]["train_used"] = train_loader.num_examples
+    meta["data"]["test_used"] = test_loader.num_examples
 
     model.to(device)
     if use_cl:
