@@ -174,6 +174,20 @@ def test_errors_are_one_line(argv, message, idx_dir, tmp_path, capsys):
     assert code == 2 and message in one_line_error(err, argv[0])
 
 
+@pytest.mark.parametrize("error", [MemoryError(), torch.cuda.OutOfMemoryError(
+    "CUDA out of memory. Tried to allocate 4.00 GiB. GPU 0 has a total capacity of 79 GiB\nOf the allocated ...")])
+def test_out_of_memory_is_one_line_with_what_to_do(error, monkeypatch, capsys):
+    import moderncnn.train
+
+    def fit(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(moderncnn.train, "fit", fit)
+    code, _, err = run(["train", "alexnet", "--batch-size", 4096], capsys)
+    line = one_line_error(err, "train")
+    assert code == 2 and "out of memory (" in line and line.endswith("use a smaller --batch-size (or --resize)")
+
+
 def test_unknown_compile_mode_is_argparses_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "lenet", "--compile-mode", "fast"])

@@ -311,6 +311,40 @@ def test_refuses_to_clobber_a_run(data28, tmp_path):
     assert (out / "model.safetensors").read_bytes() != before
 
 
+class Failing(Tiny):
+    def __init__(self, fail_after: int):
+        super().__init__()
+        self.fail_after = fail_after
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls > self.fail_after:
+                raise RuntimeError("boom")
+        return self.fc(self.forward_features(x))
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_costs_nothing(data8, data28, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"lenet5 needs images of 32x32 to 35x35 .* got 28x28: resize them"):
+        fit("lenet5", "book", out, train_data=data28[0], test_data=data28[1], resize=28, **FAST)
+    assert not out.exists(), "a size the model cannot take fails before the run directory is made"
+
+    kw = dict(train_data=data8[0], test_data=data8[1], **FAST)  # 96 images, batch 32: 3 steps an epoch
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(Failing(fail_after=1), "book", out, **kw)
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    fit(tiny(), "book", out, **kw)  # no --overwrite needed: nothing was saved
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(Failing(fail_after=4), "book", out, overwrite=True, **kw)
+    meta = json.loads((out / "run.json").read_text())
+    assert (meta["status"], meta["epochs_done"]) == ("failed", 1)
+    with pytest.raises(ValueError, match=r"already holds a run \(failing book, failed, 1/2 epochs\); pass --resume"):
+        fit(tiny(), "book", out, **kw)
+
+
 @pytest.mark.parametrize("recipe", ["book", "modern"])
 def test_resume_after_ctrl_c_is_bit_identical(data8, tmp_path, recipe, capsys):
     """Stopped mid-epoch 2 and resumed == uninterrupted (dropout, shuffle, augmentation, schedule, momentum)."""

@@ -9,6 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
+
 from .train import COMPILE_MODES
 
 
@@ -271,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"moderncnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, torch.cuda.OutOfMemoryError) as e:
+        what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"moderncnn {args.command}: error: out of memory ({what}); use a smaller --batch-size "
+              f"(or --resize)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"moderncnn {args.command}: interrupted", file=sys.stderr)

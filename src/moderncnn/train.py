@@ -356,17 +356,21 @@ def _claim_run_dir(files: RunFiles, resume: bool, overwrite: bool) -> bool:
     if files.dir.exists() and not files.dir.is_dir():
         raise NotADirectoryError(f"--out {files.dir} is a file, not a directory; choose another --out")
     has_run = files.run_json.exists()
+    checkpointed = files.state.exists() and files.weights.exists()
     if has_run and resume:
-        if files.state.exists() and files.weights.exists():
+        if checkpointed:
             return True
         print(f"{files.dir} holds a run with no finished epoch: starting it again", file=sys.stderr)
         overwrite = True
     if has_run and not overwrite:
         meta = read_run_json(files.run_json)
-        what = f"{meta.get('model')} {meta.get('recipe', {}).get('name')}, {meta.get('status')}, " \
-               f"{meta.get('epochs_done', 0)}/{meta.get('recipe', {}).get('epochs')} epochs"
-        raise ValueError(f"{files.dir} already holds a run ({what}); pass --resume to continue it, "
-                         f"--overwrite to replace it, or choose another --out")
+        if checkpointed or meta.get("status") not in ("failed", "interrupted"):  # "running": maybe another process
+            what = f"{meta.get('model')} {meta.get('recipe', {}).get('name')}, {meta.get('status')}, " \
+                   f"{meta.get('epochs_done', 0)}/{meta.get('recipe', {}).get('epochs')} epochs"
+            raise ValueError(f"{files.dir} already holds a run ({what}); pass --resume to continue it, "
+                             f"--overwrite to replace it, or choose another --out")
+        print(f"{files.dir} holds a {meta['status']} run with no finished epoch: replacing it", file=sys.stderr)
+        overwrite = True
     if overwrite:
         for p in files.all():
             p.unlink(missing_ok=True)
@@ -434,6 +438,9 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     if recipe.init == "xavier":
         init_weights(model)
     recipe = _fit_resize(recipe, model, native, explicit="resize" in overrides)
+    if hasattr(model, "check_input"):  # a size the model cannot take fails now, before the run directory is touched
+        size = recipe.resize or native
+        model.check_input(torch.empty(1, train_data.images.shape[1], size, size, device="meta"))
     normalize = _channel_stats(train_data.images) if recipe.normalize else None
 
     speed = default_speed(device, model, compiled=compile_mode is not None)
@@ -516,6 +523,11 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
                            file=sys.stderr)
             if on_epoch_end is not None:
                 on_epoch_end(record)
+    except Exception:
+        if files is not None:  # a later command may then start it again if no epoch finished (_claim_run_dir)
+            meta["status"] = "failed"
+            write_run_json(files.run_json, meta)
+        raise
     except KeyboardInterrupt:
         if files is not None:
             meta["status"] = "interrupted"
