@@ -70,6 +70,17 @@ def test_book_experiments_tabulates_seeds_and_reuses_finished_runs(tmp_path, mon
     experiments.main(argv)
     assert (tmp_path / "table.md").read_text() == first
 
+    # a cut-off call: no new run past the budget; what finished is tabulated and its small files exported
+    export = tmp_path / "export"
+    experiments.main([*argv, "--seeds", "0,1,2", "--time-budget", "0", "--export", str(export)])
+    cut = (tmp_path / "table.md").read_text()
+    assert "| lenet (seeds 0,1) |" in cut and "not run (--time-budget 0 s spent): lenet seed 2" in cut
+    assert sorted(p.name for p in export.iterdir()) == ["lenet-book-seed0", "lenet-book-seed1"]
+    assert sorted(p.name for p in (export / "lenet-book-seed0").iterdir()) == ["curves.png", "metrics.jsonl",
+                                                                                "run.json"]
+    experiments.main([*argv, "--out", str(export)])  # the exported runs tabulate without training
+    assert (tmp_path / "table.md").read_text() == first
+
 
 @needs_shared
 def test_first_steps_prints_one_line_of_losses_per_lr(capsys):
