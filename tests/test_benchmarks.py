@@ -114,3 +114,10 @@ def test_banded_convolution_experiment_matches_conv2d(capsys):
     torch.testing.assert_close(experiments.MeanPool2d(2)(x), nn.AvgPool2d(2)(x))
     experiments.main(["--eager", "--rounds", "1"])
     assert "lenet eager banded: first quartile" in capsys.readouterr().out
+
+
+def test_models_md_is_what_model_table_writes(capsys):
+    script("model_table").main()
+    written = capsys.readouterr().out
+    assert written == (BENCH.parent / "docs" / "models.md").read_text(), \
+        "docs/models.md is stale: python benchmarks/model_table.py > docs/models.md"

@@ -13,7 +13,7 @@ import torch
 from moderncnn.cli import main, parse_model_arg
 from moderncnn.data import write_idx
 
-VERBS = ("list", "summary", "train", "eval", "predict")
+VERBS = ("list", "summary", "train", "eval", "predict", "compare")
 
 
 @pytest.fixture(scope="module")

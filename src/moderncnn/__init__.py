@@ -10,6 +10,7 @@ Everything the command line does is one import away::
 
 from . import models as _models  # noqa: F401  (fills the registry)
 from .checkpoint import load_checkpoint
+from .compare import compare
 from .evaluate import evaluate, predict
 from .inspect import shape_walk, summary
 from .recipes import Recipe, get_recipe
@@ -22,5 +23,5 @@ __all__ = [
     "create_model", "list_models", "register_model", "get_model_builder",
     "summary", "shape_walk",
     "fit", "TrainResult", "Recipe", "get_recipe",
-    "evaluate", "predict", "load_checkpoint",
+    "evaluate", "predict", "load_checkpoint", "compare",
 ]

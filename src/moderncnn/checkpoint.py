@@ -30,8 +30,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import safe_open
 from safetensors.torch import save as st_save
 
-__all__ = ["RUN_FILES", "RunFiles", "atomic_write", "save_weights", "load_weights", "weights_epoch", "save_state",
-           "load_state", "read_run_json", "write_run_json", "resolve_run", "load_checkpoint", "deferred_interrupt"]
+__all__ = ["RUN_FILES", "RunFiles", "atomic_write", "new_figure", "save_figure", "save_weights", "load_weights",
+           "weights_epoch", "save_state", "load_state", "read_run_json", "write_run_json", "resolve_run",
+           "load_checkpoint", "deferred_interrupt"]
 
 
 class RunFiles:
@@ -77,6 +78,25 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def new_figure(figsize: tuple[float, float]):
+    """A matplotlib Figure drawn off-screen (Agg): no GUI backend, no global pyplot state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """``fig`` as a PNG at ``path``, written atomically."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write(path, buf.getvalue())
+    return Path(path)
 
 
 @contextlib.contextmanager

@@ -125,6 +125,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"confusion matrix: {png}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import compare, format_comparison, plot_runs
+
+    rows = compare(args.items, input_size=args.input, num_classes=args.num_classes, sort=args.sort)
+    if args.plot and not any("run" in r for r in rows):
+        raise CLIError("--plot draws trained runs' curves: give run directories (written by 'moderncnn train')")
+    print(format_comparison(rows, markdown=args.markdown))
+    if args.plot:
+        print(f"curves: {plot_runs(rows, args.plot)}")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from .checkpoint import load_checkpoint
     from .evaluate import predict, select_device
@@ -152,7 +163,7 @@ def _add_data_location(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moderncnn",
-        description="The classic CNNs of d2l chapter 7 (and LeNet-5): inspect, train, evaluate, predict.",
+        description="The classic CNNs of d2l chapter 7 (and LeNet-5): inspect, train, evaluate, predict, compare.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -214,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                         + " (reduce-overhead replays CUDA graphs: for small models on a GPU)")
     g.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast on cuda and cpu)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: what measured fastest for the device and model; docs/benchmarks.md)")
+                   help="channels_last memory format (default: what measured fastest for the device and model; "
+                        "docs/benchmarks.md)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bar or per-epoch lines (the final result is still printed)")
     p.set_defaults(func=cmd_train)
@@ -246,6 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=3, help="how many classes to show (default 3)")
     _add_device(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "compare",
+        help="architectures side by side: parameters and MACs, and for trained runs their results",
+        description="Tabulate models by name (wildcards allowed: 'resnet*') at their default input, or run "
+                    "directories written by 'moderncnn train' with their recipe, epochs, accuracies and speed "
+                    "beside the cost of the model at the size it was trained at.",
+    )
+    p.add_argument("items", nargs="+", metavar="MODEL_OR_RUN_DIR")
+    p.add_argument("--input", type=parse_input_size, default=None, metavar="CxHxW",
+                   help="input size for the models given by name, e.g. 1x96x96 (default: each model's own)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the models given by name")
+    p.add_argument("--sort", choices=("params", "macs", "test_acc", "examples_per_sec"),
+                   help="order the rows: cost ascending, accuracy and speed descending (default: as given)")
+    p.add_argument("--plot", metavar="PNG", help="also draw the runs' test accuracy and train loss per epoch")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.set_defaults(func=cmd_compare)
 
     for verb_parser in sub.choices.values():
         verb_parser.set_defaults(verb_parser=verb_parser)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -111,17 +110,13 @@ def format_per_class(result: dict[str, Any]) -> str:
 
 def plot_confusion(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
     """Save the confusion matrix of :func:`evaluate` as a PNG (rows: true class, columns: predicted)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .checkpoint import atomic_write
+    from .checkpoint import new_figure, save_figure
 
     cm = result["confusion"].float()
     rows = cm / cm.sum(1, keepdim=True).clamp_min(1)
     names = result["classes"]
     k = len(names)
-    fig = Figure(figsize=(1.2 + 0.6 * k, 1.0 + 0.55 * k))
-    FigureCanvasAgg(fig)
+    fig = new_figure((1.2 + 0.6 * k, 1.0 + 0.55 * k))
     ax = fig.add_subplot()
     ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
     if k <= 30:
@@ -134,11 +129,7 @@ def plot_confusion(result: dict[str, Any], path: str | Path, title: str = "") ->
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"test accuracy {result['accuracy']:.3f}")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    atomic_write(path, buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def load_images(paths: Sequence[str | Path], channels: int, size: int) -> torch.Tensor:

@@ -14,7 +14,6 @@ per epoch, so the step never waits for the host.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import platform
@@ -30,8 +29,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .checkpoint import (RunFiles, atomic_write, deferred_interrupt, load_state, load_weights, read_run_json,
-                         save_state, save_weights, weights_epoch, write_run_json)
+from .checkpoint import (RunFiles, atomic_write, deferred_interrupt, load_state, load_weights, new_figure,
+                         read_run_json, save_figure, save_state, save_weights, weights_epoch, write_run_json)
 from .evaluate import autocast, evaluate, select_device
 from .layers import BatchNorm
 from .recipes import BOOK_FIGURES, BOOK_RECIPES, Recipe, get_recipe
@@ -276,11 +275,7 @@ def _device_name(device: torch.device) -> str:
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """The book's animator as a PNG: train loss, train acc and test acc against epoch."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.5, 3.2))
-    FigureCanvasAgg(fig)
+    fig = new_figure((4.5, 3.2))
     ax = fig.add_subplot()
     epochs = [h["epoch"] for h in history]
     for key, label, style in (("loss", "train loss", "-"), ("train_acc", "train acc", "m--"),
@@ -292,11 +287,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
     ax.legend()
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    atomic_write(path, buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def format_final(final: dict[str, Any], recipe: Recipe | None = None) -> str:

@@ -1,0 +1,174 @@
+"""Architectures side by side: what each costs (parameters, multiply-adds) and, for trained runs, what it reached.
+
+``compare(["lenet", "alexnet", "resnet*"])`` tabulates models by name (wildcards allowed) at their default
+input; ``compare(["runs/lenet-book", "runs/alexnet-book"])`` tabulates run directories written by
+:func:`moderncnn.fit` / ``moderncnn train``, with each run's recipe, epochs, accuracies and speed, and the cost
+of its model at the size it was trained at. :func:`plot_runs` draws the runs' curves on shared axes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["compare", "format_comparison", "plot_runs", "SORT_KEYS"]
+
+#: ``--sort`` keys: cost ascending, results descending (best first).
+SORT_KEYS = {"params": False, "macs": False, "test_acc": True, "examples_per_sec": True}
+
+
+def _cost(name: str, model_kwargs: dict[str, Any], input_size: Sequence[int] | None) -> dict[str, Any]:
+    """Parameters and multiply-adds of a model, built and run on the meta device: no memory, no weights."""
+    from .inspect import summary
+    from .registry import create_model
+
+    with torch.device("meta"):
+        model = create_model(name, **model_kwargs)
+    size = tuple(input_size) if input_size is not None else tuple(model.default_input_size)
+    totals = summary(model, size, device="meta").totals
+    return {"model": name, "input": "x".join(map(str, size)), "num_classes": model.num_classes,
+            "params": totals.params, "macs": totals.macs}
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON lines ({e}); the run directory is damaged") from None
+
+
+def _run_row(run_dir: Path) -> dict[str, Any]:
+    from .checkpoint import RunFiles, read_run_json
+
+    files = RunFiles(run_dir)
+    if not files.run_json.is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no run.json): give directories written by "
+                         f"'moderncnn train', or model names")
+    meta = read_run_json(files.run_json)
+    if "model" not in meta:
+        raise ValueError(f"{files.run_json} names no model; the run directory is damaged")
+    inputs = meta.get("input", {})
+    size = (inputs["channels"], inputs["size"], inputs["size"]) if "channels" in inputs and "size" in inputs \
+        else None
+    row = _cost(meta["model"], meta.get("model_kwargs", {}), size)
+    history = _read_history(files.metrics)
+    last = meta.get("final") or (history[-1] if history else {})
+    recipe = meta.get("recipe", {})
+    data = meta.get("data", {})
+    row.update(run=str(run_dir), history=history, status=meta.get("status"), recipe=recipe.get("name"),
+               epochs=f"{meta.get('epochs_done', len(history))}/{recipe.get('epochs', '?')}",
+               data=data.get("name", "?") + (" (sample)" if data.get("is_sample") else ""),
+               device=meta.get("device"),
+               **{k: last.get(k) for k in ("loss", "train_acc", "test_acc", "examples_per_sec")})
+    return row
+
+
+def compare(items: Sequence[str | Path], input_size: Sequence[int] | None = None,
+            num_classes: int | None = None, sort: str | None = None) -> list[dict[str, Any]]:
+    """One dict per model name (wildcards expand) or run directory, in the order given.
+
+    Every row has ``model``, ``input`` ("CxHxW"), ``num_classes``, ``params`` and ``macs``. A run's row adds
+    ``run``, ``status``, ``recipe``, ``epochs`` ("done/total"), ``data``, ``device``, ``loss``,
+    ``train_acc``, ``test_acc``, ``examples_per_sec`` (the finished run's figures, else its last epoch's)
+    and ``history`` (metrics.jsonl). Models by name are built with their defaults, or ``num_classes`` and
+    ``input_size`` (C, H, W) if given; runs with the classes and the input they were trained on.
+    ``sort``: a key of :data:`SORT_KEYS`.
+    """
+    from .registry import get_model_builder, list_models
+
+    if sort is not None and sort not in SORT_KEYS:
+        raise ValueError(f"cannot sort by {sort!r}; use one of {', '.join(SORT_KEYS)}")
+    rows = []
+    for item in items:
+        path = Path(item)
+        if path.exists():
+            rows.append(_run_row(path))
+            continue
+        text = str(item)
+        if any(c in text for c in "*?["):
+            names = list_models(text)
+            if not names:
+                raise ValueError(f"no model matches {text!r}; 'moderncnn list' shows all")
+        elif "/" in text or text.endswith(".json"):
+            raise ValueError(f"no such run directory: {text}")
+        else:
+            get_model_builder(text)  # an unknown name: one line with the closest names
+            names = [text]
+        kwargs = {}
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        if input_size is not None:
+            kwargs["in_channels"] = input_size[0]
+        rows += [_cost(name, kwargs, input_size) for name in names]
+    if sort is not None:
+        missing = [r for r in rows if r.get(sort) is None]
+        ranked = sorted((r for r in rows if r.get(sort) is not None), key=lambda r: r[sort], reverse=SORT_KEYS[sort])
+        rows = ranked + missing
+    return rows
+
+
+def _fmt(value: Any, key: str) -> str:
+    if value is None:
+        return "-"
+    if key == "params":
+        return f"{value:,}"
+    if key == "macs":
+        return f"{value / 1e6:,.1f} M"
+    if key in ("loss", "train_acc", "test_acc"):
+        return f"{value:.3f}"
+    if key == "examples_per_sec":
+        return f"{value:,.0f}"
+    return str(value)
+
+
+_COLUMNS = [("run", "run"), ("model", "model"), ("input", "input"), ("params", "params"), ("macs", "MACs"),
+            ("recipe", "recipe"), ("epochs", "epochs"), ("data", "data"), ("loss", "loss"),
+            ("train_acc", "train acc"), ("test_acc", "test acc"), ("examples_per_sec", "ex/s"),
+            ("device", "device")]
+_NUMERIC = {"params", "macs", "loss", "train_acc", "test_acc", "examples_per_sec"}
+
+
+def format_comparison(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+    """An aligned text table (or a Markdown one); the run columns appear only when some row is a run."""
+    runs = any("run" in r for r in rows)
+    columns = [(k, h) for k, h in _COLUMNS if runs or k in ("model", "input", "params", "macs")]
+    cells = [[_fmt(r.get(k), k) for k, _ in columns] for r in rows]
+    heads = [h for _, h in columns]
+    if markdown:
+        lines = ["| " + " | ".join(heads) + " |",
+                 "|" + "|".join("---:" if k in _NUMERIC else "---" for k, _ in columns) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if k in _NUMERIC else v.ljust(w)
+                         for v, w, (k, _) in zip(values, widths, columns)).rstrip()
+
+    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(c) for c in cells])
+
+
+def plot_runs(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Test accuracy and train loss against epoch, one line per run row of :func:`compare`, as a PNG."""
+    from .checkpoint import new_figure, save_figure
+
+    runs = [r for r in rows if r.get("history")]
+    if not runs:
+        raise ValueError("nothing to plot: give run directories with at least one finished epoch")
+    fig = new_figure((9, 3.4))
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    for r in runs:
+        epochs = [h["epoch"] for h in r["history"]]
+        label = Path(r["run"]).name
+        acc_ax.plot(epochs, [h["test_acc"] for h in r["history"]], marker=".", label=label)
+        loss_ax.plot(epochs, [h["loss"] for h in r["history"]], marker=".", label=label)
+    for ax, what in ((acc_ax, "test accuracy"), (loss_ax, "train loss")):
+        ax.set_xlabel("epoch")
+        ax.set_title(what, fontsize=9)
+        ax.grid(True)
+    acc_ax.legend(fontsize=7)
+    return save_figure(fig, path)
