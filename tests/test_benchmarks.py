@@ -121,3 +121,16 @@ def test_models_md_is_what_model_table_writes(capsys):
     written = capsys.readouterr().out
     assert written == (BENCH.parent / "docs" / "models.md").read_text(), \
         "docs/models.md is stale: python benchmarks/model_table.py > docs/models.md"
+
+
+def test_two_process_experiment_runs(tmp_path):
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCH / "cpu_two_processes.py"), "--eager", "--steps", "2",
+                           "--batch", "32"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("lenet, batch 32, eager") and len(lines) == 5
+    assert [line.split("  ")[0] for line in lines[1:]] == [
+        "1 process, every core", "2 processes x 1 thread, gradients all-reduced", "2 processes x 1 thread, DDP",
+        "2 processes x 1 thread, no all-reduce (bound)"]
