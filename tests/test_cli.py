@@ -63,6 +63,13 @@ def test_console_script_help():
     assert all(verb in done.stdout for verb in VERBS)
 
 
+def test_a_closed_pipe_is_not_a_traceback():
+    proc = subprocess.Popen([shutil.which("moderncnn"), "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command has imported torch, so its first write meets a closed pipe
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == b""
+
+
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -97,9 +104,13 @@ def test_train_eval_predict_end_to_end(idx_dir, tmp_path, capsys):
     assert re.search(r"test \(40 images, .*\): test acc \d\.\d{3}", stdout) and "Ankle boot" in stdout
     assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     code, stdout, err = run(["eval", out / "model.safetensors", "--data-dir", idx_dir, "--out", tmp_path / "cm",
-                             "--subset", 10], capsys)
+                             "--subset", 20], capsys)
     assert code == 0 and (tmp_path / "cm" / "confusion.png").exists()
-    assert "test (10 images, " in stdout
+    final = json.loads((out / "run.json").read_text())["final"]
+    assert f"test (20 images, {idx_dir}, bfloat16): test acc {final['test_acc']:.3f}" in stdout, \
+        "evaluated as the run was tested, eval gives the run's own test accuracy"
+    code, stdout, err = run(["eval", out, "--data-dir", idx_dir, "--subset", 20, "--no-amp"], capsys)
+    assert code == 0 and "test (20 images, " in stdout and ", fp32): test acc" in stdout
 
     Image.new("RGBA", (64, 48), (255, 255, 255, 128)).save(tmp_path / "photo.png")
     Image.new("L", (10, 10), 30).save(tmp_path / "small.jpg")

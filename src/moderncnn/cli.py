@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -113,16 +114,37 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise CLIError(f"the test set's classes differ from the run's ({len(test.classes)} vs "
                        f"{len(meta['data']['classes'])}); pass the --dataset it was trained on")
     normalize = inputs.get("normalize")
-    result = evaluate(model, test, device, batch_size=args.batch_size, resize=inputs.get("resize"),
-                      normalize=tuple(normalize) if normalize else None, subset=args.subset)
+    amp_dtype, channels_last = _eval_speed(meta, device, model, args.no_amp)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batch_size = args.batch_size or meta.get("recipe", {}).get("batch_size") or 256
+    result = evaluate(model, test, device, batch_size=batch_size, resize=inputs.get("resize"),
+                      normalize=tuple(normalize) if normalize else None, subset=args.subset,
+                      amp_dtype=amp_dtype, channels_last=channels_last)
     out = Path(args.out) if args.out else Path(meta["run_dir"])
     out.mkdir(parents=True, exist_ok=True)
     png = plot_confusion(result, out / "confusion.png",
                          title=f"{meta['model']} on {test.name} test: accuracy {result['accuracy']:.3f}")
+    precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"
     print(f"{meta['model']} (epoch {meta.get('epoch')}) on {test.name} test ({result['num_examples']} images, "
-          f"{test.source}): test acc {result['accuracy']:.3f}")
+          f"{test.source}, {precision}): test acc {result['accuracy']:.3f}")
     print(format_per_class(result))
     print(f"confusion matrix: {png}")
+
+
+def _eval_speed(meta: dict, device: torch.device, model: torch.nn.Module,
+                no_amp: bool) -> tuple[torch.dtype | None, bool]:
+    """The run's autocast dtype and memory format when evaluated on its kind of device, so that the test
+    accuracy printed at the end of training comes out again; else the device's defaults."""
+    from .train import default_speed
+
+    speed = meta.get("speed", {})
+    if str(meta.get("device", "")).split(":")[0] != device.type or "amp_dtype" not in speed:
+        speed = default_speed(device, model)
+        speed = {"amp_dtype": str(speed["amp_dtype"]).replace("torch.", "") if speed["amp_dtype"] else None,
+                 "channels_last": speed["channels_last"]}
+    amp_dtype = None if no_amp or not speed["amp_dtype"] else getattr(torch, speed["amp_dtype"])
+    return amp_dtype, bool(speed.get("channels_last"))
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -243,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_location(p)
     p.add_argument("--subset", type=int, metavar="N",
                    help="evaluate on N test images only (a fixed, class-balanced sample; default all)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's")
+    p.add_argument("--no-amp", action="store_true",
+                   help="evaluate in fp32 (default: as the run was tested, e.g. bf16 autocast)")
     _add_device(p)
     p.set_defaults(func=cmd_eval)
 
@@ -300,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "moderncnn " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
+    except BrokenPipeError:  # `moderncnn list | head`: the reader left; no traceback, not even at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a tool killed by SIGPIPE
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"moderncnn {args.command}: error: {e}", file=sys.stderr)
         return 2
