@@ -99,9 +99,10 @@ def test_bad_items_are_one_line_errors(items, kwargs, message):
     assert "\n" not in str(err.value)
 
 
-def test_a_directory_that_is_not_a_run(tmp_path):
+def test_a_directory_that_is_not_a_run(runs, tmp_path):
     with pytest.raises(ValueError, match="is not a run directory \\(no run.json\\)"):
         compare([tmp_path])
+    assert [r["run"] for r in compare([runs])] == [str(runs / n) for n in ("lenet", "lenet_bn", "stopped")]
 
 
 def test_command_line(runs, tmp_path, capsys):

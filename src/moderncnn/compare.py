@@ -70,7 +70,8 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
 
 def compare(items: Sequence[str | Path], input_size: Sequence[int] | None = None,
             num_classes: int | None = None, sort: str | None = None) -> list[dict[str, Any]]:
-    """One dict per model name (wildcards expand) or run directory, in the order given.
+    """One dict per model name (wildcards expand) or run directory, in the order given; a folder that holds
+    run directories stands for them (sorted by name).
 
     Every row has ``model``, ``input`` ("CxHxW"), ``num_classes``, ``params`` and ``macs``. A run's row adds
     ``run``, ``status``, ``recipe``, ``epochs`` ("done/total"), ``data``, ``device``, ``loss``,
@@ -87,7 +88,9 @@ def compare(items: Sequence[str | Path], input_size: Sequence[int] | None = None
     for item in items:
         path = Path(item)
         if path.exists():
-            rows.append(_run_row(path))
+            inner = sorted(d for d in path.iterdir() if (d / "run.json").is_file()) \
+                if path.is_dir() and not (path / "run.json").exists() else []
+            rows += [_run_row(d) for d in inner or [path]]  # a folder of runs stands for its runs
             continue
         text = str(item)
         if any(c in text for c in "*?["):
