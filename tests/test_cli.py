@@ -145,6 +145,18 @@ def test_resume_and_overwrite_on_the_command_line(idx_dir, tmp_path, capsys):
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+def test_fine_tune_on_the_command_line(idx_dir, tmp_path, capsys):
+    base = ["train", "lenet", "--epochs", 1, "--subset", 64, "--test-subset", 10, "--batch-size", 32, "--data-dir",
+            idx_dir, "--device", "cpu"]
+    assert run([*base, "--out", tmp_path / "a", "--quiet"], capsys)[0] == 0
+    code, _, err = run([*base, "--out", tmp_path / "b", "--init-from", tmp_path / "a"], capsys)
+    assert code == 0 and f"starting from {tmp_path / 'a'}: 10 tensors" in err
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["init_from"]["loaded"] == 10
+    code, _, err = run([*base, "--out", tmp_path / "c", "--init-from", tmp_path / "none.pth"], capsys)
+    assert code == 2 and "no such weights file or run directory" in one_line_error(err, "train")
+    assert not (tmp_path / "c").exists()
+
+
 def test_train_passes_overrides_and_model_args(monkeypatch, capsys):
     import moderncnn.train
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from moderncnn import create_model, list_models
-from moderncnn.checkpoint import load_checkpoint, load_weights, save_weights, weights_epoch
+from moderncnn.checkpoint import load_checkpoint, load_pretrained, load_weights, save_weights, weights_epoch
 from moderncnn.data import ImageDataset
 from moderncnn.evaluate import evaluate, format_per_class, load_images, predict
 from moderncnn.models import ModelBase
@@ -281,6 +281,64 @@ def test_run_dir_files(data28, tmp_path):
     for k, v in result.model.state_dict().items():
         torch.testing.assert_close(weights[k], v, rtol=0, atol=0)
     assert result.final["loss"] == lines[-1]["loss"] and result.run_dir == out
+
+
+def test_fine_tuning_starts_from_trained_weights(data28, tmp_path):
+    kw = dict(train_data=data28[0], test_data=data28[1], **{**FAST, "epochs": 1})
+    first = fit("lenet", "book", tmp_path / "a", **kw).model.state_dict()
+    same = create_model("lenet", num_classes=4)
+    assert load_pretrained(same, tmp_path / "a") == {"source": str(tmp_path / "a"), "loaded": 10, "kept": [],
+                                                     "adapted": []}
+    assert all(torch.equal(v, first[k]) for k, v in same.state_dict().items())
+    seven = create_model("lenet", num_classes=7)
+    head = seven[-1].weight.clone()
+    report = load_pretrained(seven, tmp_path / "a" / "model.safetensors")
+    assert report["kept"] == ["11.weight", "11.bias"] and report["loaded"] == 8
+    assert torch.equal(seven[-1].weight, head) and torch.equal(seven[0].weight, first["0.weight"])
+
+    tuned = fit("lenet", "book", tmp_path / "b", init_from=tmp_path / "a", lr=1e-12, **kw)
+    assert all(torch.allclose(v, first[k]) for k, v in tuned.model.state_dict().items()), "trained from them"
+    meta = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert meta["init_from"]["loaded"] == 10 and meta["init_from"]["source"] == str(tmp_path / "a")
+    shutil.rmtree(tmp_path / "a")  # resuming goes on from the run's own checkpoint, not from the source
+    fit("lenet", "book", tmp_path / "b", init_from=tmp_path / "a", resume=True, lr=1e-12, **{**kw, "epochs": 2})
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["init_from"] == meta["init_from"]
+
+
+def test_torchvision_weights_fine_tune_ours_for_grey_images_and_ten_classes(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    theirs = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in theirs.items()}}, tmp_path / "tv.pth")
+    ours = create_model("resnet18", num_classes=10, in_channels=1)
+    head = ours.fc.weight.clone()
+    report = load_pretrained(ours, tmp_path / "tv.pth")
+    assert (report["kept"], report["adapted"]) == (["fc.weight", "fc.bias"], ["conv1.weight"])
+    torch.testing.assert_close(ours.conv1.weight, theirs["conv1.weight"].sum(1, keepdim=True))
+    assert torch.equal(ours.fc.weight, head) and torch.equal(ours.layer4[1].bn2.running_var,
+                                                             theirs["layer4.1.bn2.running_var"])
+    rgb = create_model("resnet18", num_classes=10)
+    save_weights(tmp_path / "grey.safetensors", ours, epoch=1)
+    assert load_pretrained(rgb, tmp_path / "grey.safetensors")["adapted"] == ["conv1.weight"]
+    torch.testing.assert_close(rgb.conv1.weight.sum(1, keepdim=True), ours.conv1.weight)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such weights file or run directory"),
+    (b"not a pickle", "is not a PyTorch state dict file"),
+    ([1, 2], "holds no state dict"),
+    ("resnet", "does not fit the model alexnet: 16 missing keys .*; start from weights of the same architecture"),
+])
+def test_weights_that_cannot_start_a_model_are_one_line_errors(content, message, tmp_path):
+    path = tmp_path / "w.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "resnet":
+        torch.save(create_model("resnet18").state_dict(), path)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as err:
+        load_pretrained(create_model("alexnet"), path)
+    assert "\n" not in str(err.value)
 
 
 def test_load_checkpoint_rebuilds_the_model(data28, tmp_path):

@@ -32,7 +32,7 @@ from safetensors.torch import save as st_save
 
 __all__ = ["RUN_FILES", "RunFiles", "atomic_write", "new_figure", "save_figure", "save_weights", "load_weights",
            "weights_epoch", "save_state", "load_state", "read_run_json", "write_run_json", "resolve_run",
-           "load_checkpoint", "deferred_interrupt"]
+           "load_checkpoint", "deferred_interrupt", "read_state_dict", "load_pretrained"]
 
 
 class RunFiles:
@@ -148,6 +148,72 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
                          f"was it saved from another model or with other arguments?") from None
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a run directory's weights, a ``.safetensors`` file, or a ``torch.save``'d state dict
+    (``.pth``/``.pt``, e.g. torchvision's, plain or under ``"state_dict"``/``"model"``; loaded with
+    ``weights_only=True``, so a file can hold no code)."""
+    path = Path(path)
+    if path.is_dir():
+        path = resolve_run(path).weights
+    if not path.is_file():
+        raise FileNotFoundError(f"no such weights file or run directory: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return st_load(path.read_bytes())
+        except SafetensorError as e:
+            raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        raise ValueError(f"{path} is not a PyTorch state dict file ({_first_sentence(e)}); give a .safetensors, .pth or .pt "
+                         f"file of weights, or a run directory") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} holds no state dict (a dict of tensors); give a file of weights")
+    prefix = "module."  # saved from DistributedDataParallel
+    if all(k.startswith(prefix) for k in obj):
+        obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_pretrained(model: nn.Module, source: str | Path) -> dict[str, Any]:
+    """Start ``model`` from the weights in ``source`` (see :func:`read_state_dict`): fine-tuning.
+
+    The module names must match (ours are torchvision's where it has the architecture, so its ImageNet
+    weights load into ``resnet*``, ``vgg*`` and ``densenet*``). Two differences are bridged, as timm does:
+    classifier tensors made for another number of classes are left as the model has them (its own init),
+    and a first convolution made for 3 input channels is summed into 1 (or 1 repeated into 3, divided by 3).
+    Anything else that does not fit is a one-line error. Returns what was done: ``{"source", "loaded",
+    "kept" (classifier keys left as they were), "adapted" (first-convolution keys)}``.
+    """
+    target = _unwrap(model)
+    own = target.state_dict()
+    loaded = read_state_dict(source)
+    num_classes, in_channels = getattr(target, "num_classes", None), getattr(target, "in_channels", None)
+    first_conv = next((k for k, v in own.items() if v.dim() == 4), None)
+    kept, adapted, tensors = [], [], dict(loaded)
+    for key, mine in own.items():  # in the model's order
+        theirs = loaded.get(key)
+        if theirs is None or mine.shape == theirs.shape or mine.dim() != theirs.dim():
+            continue
+        if mine.shape[0] == num_classes and mine.shape[1:] == theirs.shape[1:]:
+            kept.append(key)
+            tensors[key] = mine
+        elif key == first_conv and mine.shape[1] == in_channels and mine.shape[2:] == theirs.shape[2:] \
+                and mine.shape[0] == theirs.shape[0] and {mine.shape[1], theirs.shape[1]} == {1, 3}:
+            adapted.append(key)
+            tensors[key] = theirs.sum(1, keepdim=True) if mine.shape[1] == 1 else theirs.repeat(1, 3, 1, 1) / 3
+    try:
+        target.load_state_dict(tensors)
+    except RuntimeError as e:
+        why = _mismatch(own, tensors) or str(e).strip().splitlines()[0]
+        raise ValueError(f"{source} does not fit the model {getattr(target, 'model_name', '')}: {why}; "
+                         f"start from weights of the same architecture") from None
+    return {"source": str(source), "loaded": len(tensors) - len(kept), "kept": kept, "adapted": adapted}
+
+
 def _mismatch(own: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> str:
     """load_state_dict's many-line complaint, in one line: counts and the first key of each kind."""
     missing = [k for k in own if k not in loaded]
@@ -160,6 +226,11 @@ def _mismatch(own: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> 
     return ", ".join(p for p in parts if p)
 
 
+def _first_sentence(e: BaseException) -> str:
+    """torch.load's errors run to many lines of advice; the first sentence says what is wrong."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+
+
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -170,8 +241,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
-        raise ValueError(f"{path} is damaged ({first}); the run cannot go on from it: start it again with "
+        raise ValueError(f"{path} is damaged ({_first_sentence(e)}); the run cannot go on from it: start it again with "
                          f"--overwrite (which replaces the run: copy model.safetensors first to keep its weights) "
                          f"or restore the file") from None
 

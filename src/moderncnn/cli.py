@@ -81,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     fit(args.model, args.recipe, out, args.device, seed=args.seed, data_dir=args.data_dir,
         download=not args.no_download, amp=False if args.no_amp else None, channels_last=args.channels_last,
         compile=args.compile_mode or args.compile, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-        command=args.command_line, **overrides)
+        command=args.command_line, init_from=args.init_from, **overrides)
     if not args.quiet:
         print(f"run directory: {out}", file=sys.stderr)
 
@@ -238,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="run directory (default: runs/MODEL-RECIPE)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    g.add_argument("--init-from", metavar="WEIGHTS",
+                   help="fine-tune: start from a run directory, .safetensors or .pth state dict (e.g. "
+                        "torchvision's ImageNet weights for resnet*/vgg*/densenet*); a classifier for another "
+                        "number of classes starts afresh, a 3-channel first conv is summed for grey images")
     _add_device(g)
     g.add_argument("--seed", type=int, default=0, help="seed of the init, the shuffle and dropout (default 0)")
     g.add_argument("--compile", action="store_true",

@@ -29,8 +29,9 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .checkpoint import (RunFiles, atomic_write, deferred_interrupt, load_state, load_weights, new_figure,
-                         read_run_json, save_figure, save_state, save_weights, weights_epoch, write_run_json)
+from .checkpoint import (RunFiles, atomic_write, deferred_interrupt, load_pretrained, load_state, load_weights,
+                         new_figure, read_run_json, save_figure, save_state, save_weights, weights_epoch,
+                         write_run_json)
 from .evaluate import autocast, evaluate, select_device
 from .layers import BatchNorm
 from .recipes import BOOK_FIGURES, BOOK_RECIPES, Recipe, get_recipe
@@ -392,7 +393,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
         device: str | torch.device | None = None, *, seed: int = 0, data_dir: str | Path | None = None,
         train_data: Any = None, test_data: Any = None, download: bool = True, amp: bool | None = None,
         channels_last: bool | None = None, compile: bool | str = False, resume: bool = False, overwrite: bool = False,
-        quiet: bool = False, command: str | None = None,
+        quiet: bool = False, command: str | None = None, init_from: str | Path | None = None,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None, **overrides: Any) -> TrainResult:
     """Train ``model`` (a registered name or a built model) with a recipe, like the book's ``train_ch6``.
 
@@ -404,7 +405,10 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     None picks the device's default (:func:`default_speed`). ``compile``: True or a ``torch.compile`` mode
     (:data:`COMPILE_MODES`; ``"reduce-overhead"`` replays CUDA graphs, for launch-bound small models).
     A built model is re-initialised when the recipe's ``init`` is ``"xavier"``, as ``train_ch6`` does; pass
-    ``init="default"`` to keep its weights.
+    ``init="default"`` to keep its weights. ``init_from``: start from trained weights (a run directory, a
+    ``.safetensors`` or a ``.pth`` state dict, e.g. torchvision's) after the recipe's init: fine-tuning,
+    with a classifier for another number of classes left at the recipe's init (see
+    :func:`~moderncnn.checkpoint.load_pretrained`); ignored when resuming a run that has a checkpoint.
     ``quiet`` silences the progress bar and the per-epoch lines on stderr; the book's closing lines are
     always printed. ``on_epoch_end(epoch_dict)`` is called after each epoch's checkpoint.
     """
@@ -428,6 +432,9 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
         model = _create(name, recipe, len(train_data.classes), train_data.images.shape[1])
     if recipe.init == "xavier":
         init_weights(model)
+    pretrained = None
+    if init_from is not None and not (resume and files is not None and files.state.exists()):
+        pretrained = load_pretrained(model, init_from)
     recipe = _fit_resize(recipe, model, native, explicit="resize" in overrides)
     if hasattr(model, "check_input"):  # a size the model cannot take fails now, before the run directory is touched
         size = recipe.resize or native
@@ -443,6 +450,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     meta = _run_metadata(name, recipe, seed, train_data, test_data, normalize, device, command,
                          speed={"amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
                                 "channels_last": use_cl, "compile": compile_mode or False})
+    meta["init_from"] = pretrained
 
     resuming = False
     if files is not None:
@@ -451,6 +459,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
             old = read_run_json(files.run_json)
             _check_resumable(old, meta, files)
             meta["start_time"], meta["resumed_at"] = old.get("start_time"), meta["start_time"]
+            meta["init_from"] = old.get("init_from")
 
     from .data import DeviceLoader
 
@@ -486,6 +495,8 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
               f"resize {recipe.resize or '-'}, {recipe.epochs} epochs) on {device}"
               + (f", resuming after epoch {start}" if start else "")
               + (f"\nrecipe: {recipe.based_on}" if recipe.book is None else ""), file=sys.stderr)
+        if pretrained is not None:
+            print(_describe_pretrained(pretrained, model), file=sys.stderr)
 
     from tqdm.auto import tqdm
 
@@ -573,6 +584,17 @@ def _run_metadata(name: str, recipe: Recipe, seed: int, train_data: Any, test_da
         "status": "running",
         "epochs_done": 0,
     }
+
+
+def _describe_pretrained(report: dict[str, Any], model: nn.Module) -> str:
+    notes = [f"{report['loaded']} tensors"]
+    if report["kept"]:
+        notes.append(f"classifier for {getattr(model, 'num_classes', '?')} classes initialised afresh "
+                     f"({', '.join(report['kept'])})")
+    if report["adapted"]:
+        notes.append(f"{', '.join(report['adapted'])} adapted to {getattr(model, 'in_channels', '?')} input "
+                     f"channel(s)")
+    return f"starting from {report['source']}: " + "; ".join(notes)
 
 
 def _restore(files: RunFiles, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
