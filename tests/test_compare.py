@@ -119,3 +119,15 @@ def test_command_line(runs, tmp_path, capsys):
     assert err == "moderncnn compare: error: --plot draws trained runs' curves: give run directories " \
                   "(written by 'moderncnn train')"
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_runs_model_arguments_are_part_of_its_name(tmp_path):
+    run = tmp_path / "vgg"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({
+        "model": "vgg11_book", "model_kwargs": {"num_classes": 10, "in_channels": 1, "ratio": 8},
+        "input": {"channels": 1, "size": 224}, "recipe": {"name": "book", "epochs": 10}, "epochs_done": 0,
+        "status": "interrupted"}))
+    row = compare([run])[0]
+    assert row["model"] == "vgg11_book (ratio=8)" and row["epochs"] == "0/10" and row["test_acc"] is None
+    assert row["params"] == sum(p.numel() for p in create_model("vgg11_book", ratio=8).parameters())

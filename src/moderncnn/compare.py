@@ -55,7 +55,11 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
     inputs = meta.get("input", {})
     size = (inputs["channels"], inputs["size"], inputs["size"]) if "channels" in inputs and "size" in inputs \
         else None
-    row = _cost(meta["model"], meta.get("model_kwargs", {}), size)
+    kwargs = meta.get("model_kwargs", {})
+    row = _cost(meta["model"], kwargs, size)
+    extra = {k: v for k, v in kwargs.items() if k not in ("num_classes", "in_channels")}
+    if extra:  # e.g. vgg11_book's ratio: the same name, another network
+        row["model"] += " (" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")"
     history = _read_history(files.metrics)
     last = meta.get("final") or (history[-1] if history else {})
     recipe = meta.get("recipe", {})
