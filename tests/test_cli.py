@@ -211,6 +211,21 @@ def test_out_of_memory_is_one_line_with_what_to_do(error, monkeypatch, capsys):
     assert code == 2 and "out of memory (" in line and line.endswith("use a smaller --batch-size (or --resize)")
 
 
+def test_a_full_disk_is_one_line(monkeypatch, capsys):
+    import errno
+
+    import moderncnn.train
+
+    def fit(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/lenet-book/model.safetensors")
+
+    monkeypatch.setattr(moderncnn.train, "fit", fit)
+    code, _, err = run(["train", "lenet"], capsys)
+    assert code == 2 and one_line_error(err, "train") == (
+        "moderncnn train: error: No space left on device (runs/lenet-book/model.safetensors); free space or write "
+        "elsewhere, then run again (a stopped training goes on with --resume)")
+
+
 def test_unknown_compile_mode_is_argparses_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "lenet", "--compile-mode", "fast"])

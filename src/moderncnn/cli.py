@@ -334,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"moderncnn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only directory: the last finished checkpoint is intact
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"moderncnn {args.command}: error: {e.strerror or e}{where}; free space or write elsewhere, then run "
+              f"again (a stopped training goes on with --resume)", file=sys.stderr)
+        return 2
     except (MemoryError, torch.cuda.OutOfMemoryError) as e:
         what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"moderncnn {args.command}: error: out of memory ({what}); use a smaller --batch-size "

@@ -528,7 +528,8 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     except Exception:
         if files is not None:  # a later command may then start it again if no epoch finished (_claim_run_dir)
             meta["status"] = "failed"
-            write_run_json(files.run_json, meta)
+            with contextlib.suppress(OSError):  # a full disk must not hide what failed first
+                write_run_json(files.run_json, meta)
         raise
     except KeyboardInterrupt:
         if files is not None:
