@@ -76,7 +76,7 @@ def test_declared_input_bounds_are_exact(name):
     assert runs(lo), f"{name} fails at its declared minimum {lo}"
     if lo > 1:
         assert not runs(lo - 1), f"{name} also runs at {lo - 1}: min_input_size is too large"
-        with pytest.raises(ValueError, match=rf"{name} needs images of .*{lo}x{lo}.*--resize"):
+        with pytest.raises(ValueError, match=rf"{name} needs images of .*{lo}x{lo}.*resize them \(e.g. to \d+x\d+\)"):
             model(torch.rand(1, c, lo - 1, lo - 1))
     if hi is not None:
         assert runs(hi), f"{name} fails at its declared maximum {hi}"

@@ -438,7 +438,10 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     recipe = _fit_resize(recipe, model, native, explicit="resize" in overrides)
     if hasattr(model, "check_input"):  # a size the model cannot take fails now, before the run directory is touched
         size = recipe.resize or native
-        model.check_input(torch.empty(1, train_data.images.shape[1], size, size, device="meta"))
+        try:
+            model.check_input(torch.empty(1, train_data.images.shape[1], size, size, device="meta"))
+        except ValueError as e:
+            raise ValueError(f"{e} with --resize {model.default_image_size}") from None
     normalize = _channel_stats(train_data.images) if recipe.normalize else None
 
     speed = default_speed(device, model, compiled=compile_mode is not None)

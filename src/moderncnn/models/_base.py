@@ -81,7 +81,7 @@ class ModelBase(nn.Module):
                 need = f"{lo}x{lo} to {hi}x{hi} pixels (it flattens a fixed-size feature map)"
             raise ValueError(
                 f"{name} needs images of {need}, got {h}x{w}: "
-                f"resize them (e.g. --resize {self.default_image_size})"
+                f"resize them (e.g. to {self.default_image_size}x{self.default_image_size})"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
