@@ -131,3 +131,16 @@ def test_a_runs_model_arguments_are_part_of_its_name(tmp_path):
     row = compare([run])[0]
     assert row["model"] == "vgg11_book (ratio=8)" and row["epochs"] == "0/10" and row["test_acc"] is None
     assert row["params"] == sum(p.numel() for p in create_model("vgg11_book", ratio=8).parameters())
+
+
+def test_a_model_that_cannot_be_built_on_the_meta_device_is_measured_on_the_cpu(monkeypatch):
+    import moderncnn.registry as registry
+
+    def picky(num_classes: int = 10, in_channels: int = 1):
+        model = create_model("lenet", num_classes=num_classes, in_channels=in_channels)
+        float(model[0].weight.detach().sum())  # needs real data: fails on the meta device
+        return model
+
+    monkeypatch.setitem(registry._MODELS, "picky", picky)
+    row = compare(["picky"])[0]
+    assert (row["params"], row["macs"]) == (compare(["lenet"])[0]["params"], compare(["lenet"])[0]["macs"])

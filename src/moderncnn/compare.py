@@ -21,14 +21,20 @@ SORT_KEYS = {"params": False, "macs": False, "test_acc": True, "examples_per_sec
 
 
 def _cost(name: str, model_kwargs: dict[str, Any], input_size: Sequence[int] | None) -> dict[str, Any]:
-    """Parameters and multiply-adds of a model, built and run on the meta device: no memory, no weights."""
+    """Parameters and multiply-adds of a model, built and run on the meta device (no memory, no weights)
+    where its code allows, else on the CPU."""
     from .inspect import summary
     from .registry import create_model
 
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            model = create_model(name, **model_kwargs)
+        size = tuple(input_size) if input_size is not None else tuple(model.default_input_size)
+        totals = summary(model, size, device="meta").totals
+    except (RuntimeError, NotImplementedError):  # a registered model whose code needs real tensors
         model = create_model(name, **model_kwargs)
-    size = tuple(input_size) if input_size is not None else tuple(model.default_input_size)
-    totals = summary(model, size, device="meta").totals
+        size = tuple(input_size) if input_size is not None else tuple(model.default_input_size)
+        totals = summary(model, size).totals
     return {"model": name, "input": "x".join(map(str, size)), "num_classes": model.num_classes,
             "params": totals.params, "macs": totals.macs}
 
