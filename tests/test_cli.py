@@ -149,8 +149,9 @@ def test_fine_tune_on_the_command_line(idx_dir, tmp_path, capsys):
     base = ["train", "lenet", "--epochs", 1, "--subset", 64, "--test-subset", 10, "--batch-size", 32, "--data-dir",
             idx_dir, "--device", "cpu"]
     assert run([*base, "--out", tmp_path / "a", "--quiet"], capsys)[0] == 0
-    code, _, err = run([*base, "--out", tmp_path / "b", "--init-from", tmp_path / "a"], capsys)
+    code, out, err = run([*base, "--out", tmp_path / "b", "--init-from", tmp_path / "a"], capsys)
     assert code == 0 and f"starting from {tmp_path / 'a'}: 10 tensors" in err
+    assert f"(started from the weights in {tmp_path / 'a'}, not from scratch as the book's run)" in out
     assert json.loads((tmp_path / "b" / "run.json").read_text())["init_from"]["loaded"] == 10
     code, _, err = run([*base, "--out", tmp_path / "c", "--init-from", tmp_path / "none.pth"], capsys)
     assert code == 2 and "no such weights file or run directory" in one_line_error(err, "train")

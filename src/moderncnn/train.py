@@ -562,6 +562,8 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
         if train_data.is_sample:
             print(f"(trained on the embedded sample of {len(train_data):,} images, not the full set: "
                   "not comparable with the book's figures; see the notice above for the full set)")
+        if meta.get("init_from") and recipe.book in BOOK_FIGURES:
+            print(f"(started from the weights in {meta['init_from']['source']}, not from scratch as the book's run)")
     return result
 
 
