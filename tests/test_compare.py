@@ -61,6 +61,8 @@ def test_runs_show_their_results_and_the_cost_at_their_trained_size(runs):
     assert lenet["params"] == sum(p.numel() for p in create_model("lenet", num_classes=4).parameters())
     assert lenet["params"] != by_name["params"], "the run's 4 classes, not the default 10"
     assert bn["epochs"] == "2/2" and len(bn["history"]) == 2
+    assert bn["wall_seconds"] > 0 and bn["wall_seconds"] == pytest.approx(sum(h["wall_seconds"]
+                                                                                for h in bn["history"]))
     last = json.loads((runs / "stopped" / "metrics.jsonl").read_text().splitlines()[-1])
     assert (stopped["epochs"], stopped["status"], stopped["test_acc"]) == ("1/3", "interrupted", last["test_acc"])
 

@@ -74,6 +74,7 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
                epochs=f"{meta.get('epochs_done', len(history))}/{recipe.get('epochs', '?')}",
                data=data.get("name", "?") + (" (sample)" if data.get("is_sample") else ""),
                device=meta.get("device"),
+               wall_seconds=sum(h.get("wall_seconds", 0.0) for h in history) if history else None,
                **{k: last.get(k) for k in ("loss", "train_acc", "test_acc", "examples_per_sec")})
     return row
 
@@ -85,9 +86,10 @@ def compare(items: Sequence[str | Path], input_size: Sequence[int] | None = None
 
     Every row has ``model``, ``input`` ("CxHxW"), ``num_classes``, ``params`` and ``macs``. A run's row adds
     ``run``, ``status``, ``recipe``, ``epochs`` ("done/total"), ``data``, ``device``, ``loss``,
-    ``train_acc``, ``test_acc``, ``examples_per_sec`` (the finished run's figures, else its last epoch's)
-    and ``history`` (metrics.jsonl). Models by name are built with their defaults, or ``num_classes`` and
-    ``input_size`` (C, H, W) if given; runs with the classes and the input they were trained on.
+    ``train_acc``, ``test_acc``, ``examples_per_sec`` (the finished run's figures, else its last epoch's),
+    ``wall_seconds`` (its epochs' training and testing time) and ``history`` (metrics.jsonl). Models by
+    name are built with their defaults, or ``num_classes`` and ``input_size`` (C, H, W) if given; runs with
+    the classes and the input they were trained on.
     ``sort``: a key of :data:`SORT_KEYS`.
     """
     from .registry import get_model_builder, list_models
@@ -136,14 +138,16 @@ def _fmt(value: Any, key: str) -> str:
         return f"{value:.3f}"
     if key == "examples_per_sec":
         return f"{value:,.0f}"
+    if key == "wall_seconds":
+        return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
     return str(value)
 
 
 _COLUMNS = [("run", "run"), ("model", "model"), ("input", "input"), ("params", "params"), ("macs", "MACs"),
             ("recipe", "recipe"), ("epochs", "epochs"), ("data", "data"), ("loss", "loss"),
             ("train_acc", "train acc"), ("test_acc", "test acc"), ("examples_per_sec", "ex/s"),
-            ("device", "device")]
-_NUMERIC = {"params", "macs", "loss", "train_acc", "test_acc", "examples_per_sec"}
+            ("wall_seconds", "time"), ("device", "device")]
+_NUMERIC = {"params", "macs", "loss", "train_acc", "test_acc", "examples_per_sec", "wall_seconds"}
 
 
 def format_comparison(rows: list[dict[str, Any]], markdown: bool = False) -> str:
