@@ -105,6 +105,7 @@ def test_a_directory_that_is_not_a_run(runs, tmp_path):
     with pytest.raises(ValueError, match="is not a run directory \\(no run.json\\)"):
         compare([tmp_path])
     assert [r["run"] for r in compare([runs])] == [str(runs / n) for n in ("lenet", "lenet_bn", "stopped")]
+    assert compare([runs / "lenet" / "model.safetensors"])[0]["run"] == str(runs / "lenet")
 
 
 def test_command_line(runs, tmp_path, capsys):

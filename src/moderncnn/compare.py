@@ -99,6 +99,8 @@ def compare(items: Sequence[str | Path], input_size: Sequence[int] | None = None
     rows = []
     for item in items:
         path = Path(item)
+        if path.is_file():  # a run's model.safetensors or run.json stands for its run
+            path = path.parent
         if path.exists():
             inner = sorted(d for d in path.iterdir() if (d / "run.json").is_file()) \
                 if path.is_dir() and not (path / "run.json").exists() else []
