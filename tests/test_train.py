@@ -384,8 +384,8 @@ class Failing(Tiny):
 
 def test_a_run_that_fails_before_its_first_checkpoint_costs_nothing(data8, data28, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match=r"lenet5 needs images of 32x32 to 35x35 .* got 28x28: resize them \(e.g. to 32x32\) "
-                                         r"with --resize 32"):
+    with pytest.raises(ValueError, match=r"lenet5 needs images of 32x32 to 35x35 .* got 28x28: "
+                                         r"resize them \(e.g. to 32x32\) with --resize 32"):
         fit("lenet5", "book", out, train_data=data28[0], test_data=data28[1], resize=28, **FAST)
     assert not out.exists(), "a size the model cannot take fails before the run directory is made"
 

@@ -50,6 +50,10 @@ class RunFiles:
     def all(self) -> list[Path]:
         return [self.run_json, self.weights, self.state, self.metrics, self.curves, self.confusion]
 
+    def has_checkpoint(self) -> bool:
+        """A finished epoch to resume from: its weights and its state."""
+        return self.state.exists() and self.weights.exists()
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -132,13 +136,17 @@ def weights_epoch(path: str | Path) -> int | None:
     return int(value) if value is not None else None
 
 
+def _read_safetensors(path: Path, what_to_do: str) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(path.read_bytes())
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); {what_to_do}") from None
+
+
 def load_weights(path: str | Path, model: nn.Module) -> None:
     """Load a safetensors file into ``model`` (strict: every key must match)."""
     path = Path(path)
-    try:
-        tensors = st_load(path.read_bytes())
-    except SafetensorError as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e}); retrain or restore it") from None
+    tensors = _read_safetensors(path, "retrain or restore it")
     target = _unwrap(model)
     try:
         target.load_state_dict(tensors)
@@ -158,15 +166,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no such weights file or run directory: {path}")
     if path.suffix == ".safetensors":
-        try:
-            return st_load(path.read_bytes())
-        except SafetensorError as e:
-            raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+        return _read_safetensors(path, "give another file of weights")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        raise ValueError(f"{path} is not a PyTorch state dict file ({_first_sentence(e)}); give a .safetensors, .pth or .pt "
-                         f"file of weights, or a run directory") from None
+        raise ValueError(f"{path} is not a PyTorch state dict file ({_first_sentence(e)}); give a .safetensors, "
+                         f".pth or .pt file of weights, or a run directory") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -241,9 +246,9 @@ def load_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        raise ValueError(f"{path} is damaged ({_first_sentence(e)}); the run cannot go on from it: start it again with "
-                         f"--overwrite (which replaces the run: copy model.safetensors first to keep its weights) "
-                         f"or restore the file") from None
+        raise ValueError(f"{path} is damaged ({_first_sentence(e)}); the run cannot go on from it: start it "
+                         f"again with --overwrite (which replaces the run: copy model.safetensors first to keep its "
+                         f"weights) or restore the file") from None
 
 
 def write_run_json(path: str | Path, meta: dict[str, Any]) -> None:

@@ -139,12 +139,13 @@ def _eval_speed(meta: dict, device: torch.device, model: torch.nn.Module,
     from .train import default_speed
 
     speed = meta.get("speed", {})
-    if str(meta.get("device", "")).split(":")[0] != device.type or "amp_dtype" not in speed:
-        speed = default_speed(device, model)
-        speed = {"amp_dtype": str(speed["amp_dtype"]).replace("torch.", "") if speed["amp_dtype"] else None,
-                 "channels_last": speed["channels_last"]}
-    amp_dtype = None if no_amp or not speed["amp_dtype"] else getattr(torch, speed["amp_dtype"])
-    return amp_dtype, bool(speed.get("channels_last"))
+    if str(meta.get("device", "")).split(":")[0] == device.type and "amp_dtype" in speed:
+        amp_dtype = getattr(torch, speed["amp_dtype"]) if speed["amp_dtype"] else None
+        channels_last = bool(speed.get("channels_last"))
+    else:
+        defaults = default_speed(device, model)
+        amp_dtype, channels_last = defaults["amp_dtype"], defaults["channels_last"]
+    return (None if no_amp else amp_dtype), channels_last
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

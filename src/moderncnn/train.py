@@ -348,7 +348,7 @@ def _claim_run_dir(files: RunFiles, resume: bool, overwrite: bool) -> bool:
     if files.dir.exists() and not files.dir.is_dir():
         raise NotADirectoryError(f"--out {files.dir} is a file, not a directory; choose another --out")
     has_run = files.run_json.exists()
-    checkpointed = files.state.exists() and files.weights.exists()
+    checkpointed = files.has_checkpoint()
     if has_run and resume:
         if checkpointed:
             return True
@@ -433,7 +433,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     if recipe.init == "xavier":
         init_weights(model)
     pretrained = None
-    if init_from is not None and not (resume and files is not None and files.state.exists()):
+    if init_from is not None and not (resume and files is not None and files.has_checkpoint()):
         pretrained = load_pretrained(model, init_from)
     recipe = _fit_resize(recipe, model, native, explicit="resize" in overrides)
     if hasattr(model, "check_input"):  # a size the model cannot take fails now, before the run directory is touched
