@@ -11,23 +11,15 @@ import pytest
 import torch
 
 from moderncnn.cli import main, parse_model_arg
-from moderncnn.data import write_idx
+
+from fixtures import write_fashion_idx
 
 VERBS = ("list", "summary", "train", "eval", "predict", "compare")
 
 
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory):
-    """200 train / 40 test 28x28 images in the IDX files Fashion-MNIST ships as."""
-    root = tmp_path_factory.mktemp("fashion")
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 200), ("t10k", 40)):
-        labels = (torch.arange(n) % 10).to(torch.uint8)
-        images = (torch.rand(n, 28, 28, generator=g) * 100).to(torch.uint8)
-        images[torch.arange(n), 2 * labels.long() + 4] = 255
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
+    return write_fashion_idx(tmp_path_factory.mktemp("fashion"), train=200, test=40)
 
 
 @pytest.fixture(autouse=True)

@@ -120,7 +120,11 @@ def deferred_interrupt() -> Iterator[None]:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    """The model inside torch.compile's and DistributedDataParallel's wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = getattr(model.module, "_orig_mod", model.module)
+    return model
 
 
 def save_weights(path: str | Path, model: nn.Module, epoch: int) -> None:

@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         download=not args.no_download, amp=False if args.no_amp else None, channels_last=args.channels_last,
         compile=args.compile_mode or args.compile, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
         command=args.command_line, init_from=args.init_from, **overrides)
-    if not args.quiet:
+    if not args.quiet and _main_process():
         print(f"run directory: {out}", file=sys.stderr)
 
 
@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model with the book's recipe (or a modern one); checkpoints every epoch",
         description="Train MODEL like d2l's train_ch6 (--recipe book) or with a modern recipe. Writes a run "
                     "directory: run.json, metrics.jsonl, curves.png, model.safetensors, state.pt. Ctrl-C keeps "
-                    "the last finished epoch; --resume continues from it.",
+                    "the last finished epoch; --resume continues from it. Several GPUs: torchrun "
+                    "--nproc-per-node N -m moderncnn train MODEL ... (each batch split across them).",
     )
     p.add_argument("model", help="a name from 'moderncnn list'")
     p.add_argument("--recipe", choices=("book", "modern"), default="book",
@@ -321,6 +322,15 @@ def _reject_unknown(verb_parser: argparse.ArgumentParser, unknown: list[str]) ->
     verb_parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else ""))
 
 
+def _main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # under torchrun, every process gets there alike: rank 0 says it
+
+
+def _report(line: str) -> None:
+    if _main_process():
+        print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -333,20 +343,20 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a tool killed by SIGPIPE
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        print(f"moderncnn {args.command}: error: {e}", file=sys.stderr)
+        _report(f"moderncnn {args.command}: error: {e}")
         return 2
     except OSError as e:  # a full disk, a read-only directory: the last finished checkpoint is intact
         where = f" ({e.filename})" if e.filename else ""
-        print(f"moderncnn {args.command}: error: {e.strerror or e}{where}; free space or write elsewhere, then run "
-              f"again (a stopped training goes on with --resume)", file=sys.stderr)
+        _report(f"moderncnn {args.command}: error: {e.strerror or e}{where}; free space or write elsewhere, then "
+                f"run again (a stopped training goes on with --resume)")
         return 2
     except (MemoryError, torch.cuda.OutOfMemoryError) as e:
         what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"moderncnn {args.command}: error: out of memory ({what}); use a smaller --batch-size "
-              f"(or --resize)", file=sys.stderr)
+        _report(f"moderncnn {args.command}: error: out of memory ({what}); use a smaller --batch-size "
+                f"(or --resize)")
         return 2
     except KeyboardInterrupt:
-        print(f"moderncnn {args.command}: interrupted", file=sys.stderr)
+        _report(f"moderncnn {args.command}: interrupted")
         return 130
     return 0
 

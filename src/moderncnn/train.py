@@ -14,6 +14,7 @@ per epoch, so the step never waits for the host.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import platform
@@ -29,9 +30,11 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .checkpoint import (RunFiles, atomic_write, deferred_interrupt, load_pretrained, load_state, load_weights,
-                         new_figure, read_run_json, save_figure, save_state, save_weights, weights_epoch,
-                         write_run_json)
+from .checkpoint import (RunFiles, _unwrap, atomic_write, deferred_interrupt, load_pretrained, load_state,
+                         load_weights, new_figure, read_run_json, save_figure, save_state, save_weights,
+                         weights_epoch, write_run_json)
+from .distributed import (World, all_sum, broadcast_buffers, join, leave, local_device, main_first, on_main,
+                          world_from_env)
 from .evaluate import autocast, evaluate, select_device
 from .layers import BatchNorm
 from .recipes import BOOK_FIGURES, BOOK_RECIPES, Recipe, get_recipe
@@ -105,7 +108,7 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
     ``aux_loss_weight``) is trained on ``CE(logits) + aux_loss_weight * sum(CE(aux))``; accuracy and the
     reported loss come from the logits' term only.
     """
-    aux_weight = float(getattr(getattr(model, "_orig_mod", model), "aux_loss_weight", 0.0) or 0.0)
+    aux_weight = float(getattr(_unwrap(model), "aux_loss_weight", 0.0) or 0.0)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
@@ -315,13 +318,17 @@ def _dict_diff(a: dict, b: dict) -> list[tuple[str, tuple]]:
     return [(k, (a.get(k), b.get(k))) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def _summary(history: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+def _where(world: World, device: torch.device) -> str:
+    return f"{world.size} x {device.type}" if world.distributed else str(device)
+
+
+def _summary(history: list[dict[str, Any]], device: str) -> dict[str, Any]:
     last = history[-1]
     timed = [h for h in history if not h.get("warmup")] or history  # torch.compile's first epoch compiles
     seconds = sum(h["train_seconds"] for h in timed)
     examples = sum(h["examples"] for h in timed)
     return {"loss": last["loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"],
-            "examples_per_sec": examples / seconds if seconds > 0 else math.nan, "device": str(device),
+            "examples_per_sec": examples / seconds if seconds > 0 else math.nan, "device": device,
             "epochs": last["epoch"], "train_seconds": seconds}
 
 
@@ -411,7 +418,28 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     :func:`~moderncnn.checkpoint.load_pretrained`); ignored when resuming a run that has a checkpoint.
     ``quiet`` silences the progress bar and the per-epoch lines on stderr; the book's closing lines are
     always printed. ``on_epoch_end(epoch_dict)`` is called after each epoch's checkpoint.
+
+    Started by torchrun on several processes, it trains with DistributedDataParallel (each step's batch split
+    across them; rank 0 writes and prints): see :mod:`moderncnn.distributed`.
     """
+    world = world_from_env()
+    device = select_device(local_device(world, device))
+    joined = join(world, device)
+    try:
+        return _fit(world, model, recipe, out_dir, device, seed=seed, data_dir=data_dir, train_data=train_data,
+                    test_data=test_data, download=download, amp=amp, channels_last=channels_last, compile=compile,
+                    resume=resume, overwrite=overwrite, quiet=quiet, command=command, init_from=init_from,
+                    on_epoch_end=on_epoch_end, **overrides)
+    finally:
+        leave(joined)
+
+
+def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: str | Path | None,
+         device: torch.device, *, seed: int, data_dir: str | Path | None, train_data: Any, test_data: Any,
+         download: bool, amp: bool | None, channels_last: bool | None, compile: bool | str, resume: bool,
+         overwrite: bool, quiet: bool, command: str | None, init_from: str | Path | None,
+         on_epoch_end: Callable[[dict[str, Any]], None] | None, **overrides: Any) -> TrainResult:
+    quiet = quiet or not world.main
     if isinstance(model, str):
         get_model_builder(model)  # an unknown name fails before any data is loaded
     name = model if isinstance(model, str) else getattr(model, "model_name", type(model).__name__.lower())
@@ -420,11 +448,17 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     else:
         recipe = get_recipe(name, recipe, **overrides)
     compile_mode = compile_mode_of(compile)
-    device = select_device(device)
+    if recipe.batch_size < world.size:
+        raise ValueError(f"batch size {recipe.batch_size} is smaller than the {world.size} processes that share "
+                         f"each batch; pass a larger --batch-size or start fewer processes")
     files = RunFiles(out_dir) if out_dir is not None else None
+    writes = files if world.main else None  # rank 0 alone writes the run directory
     if files is not None and files.run_json.exists() and not (resume or overwrite):
-        _claim_run_dir(files, resume, overwrite)  # fails fast, before data is loaded
-    train_data, test_data = _load_data(recipe, train_data, test_data, data_dir, download)
+        on_main(world, lambda: _claim_run_dir(files, resume, overwrite))  # fails fast, before data is loaded
+    # rank 0 first: a download or the sample's notice happens once
+    with contextlib.nullcontext() if world.main else contextlib.redirect_stderr(io.StringIO()):
+        train_data, test_data = main_first(world, lambda: _load_data(recipe, train_data, test_data, data_dir,
+                                                                      download))
     native = train_data.images.shape[-1]
 
     torch.manual_seed(seed)
@@ -454,10 +488,11 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
                          speed={"amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
                                 "channels_last": use_cl, "compile": compile_mode or False})
     meta["init_from"] = pretrained
+    meta["processes"] = world.size
 
     resuming = False
     if files is not None:
-        resuming = _claim_run_dir(files, resume, overwrite)
+        resuming = on_main(world, lambda: _claim_run_dir(files, resume, overwrite))
         if resuming:
             old = read_run_json(files.run_json)
             _check_resumable(old, meta, files)
@@ -467,11 +502,15 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     from .data import DeviceLoader
 
     norm = (normalize[0], normalize[1]) if normalize else None
+    shard = (world.rank, world.size)
+    used = min(recipe.subset or len(train_data), len(train_data))
+    # every process must step together: a last batch too small to give each one an example is left out
+    uneven = 0 < used % recipe.batch_size < world.size
     train_loader = DeviceLoader(train_data, recipe.batch_size, device=device, shuffle=True, resize=recipe.resize,
                                 augment=recipe.augment, normalize=norm, channels_last=use_cl,
-                                subset=recipe.subset, seed=seed)
+                                subset=recipe.subset, seed=seed, shard=shard, drop_last=uneven)
     test_loader = DeviceLoader(test_data, recipe.batch_size, device=device, resize=recipe.resize,
-                               normalize=norm, channels_last=use_cl, subset=recipe.test_subset)
+                               normalize=norm, channels_last=use_cl, subset=recipe.test_subset, shard=shard)
     meta["data"]["train_used"] = train_loader.num_examples
     meta["data"]["test_used"] = test_loader.num_examples
 
@@ -482,20 +521,25 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     scheduler = build_scheduler(optimizer, recipe, len(train_loader))
     history = _restore(files, model, optimizer, scheduler, device) if resuming else []
     start = meta["epochs_done"] = len(history)
+    net = model
+    if world.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        torch.manual_seed(seed + 1_000_003 * world.rank + 7919 * start)  # dropout: other draws on each process
 
     loss_fn = build_loss(recipe)
-    step = make_train_step(model, optimizer, loss_fn, amp_dtype=amp_dtype, scheduler=scheduler)
+    step = make_train_step(net, optimizer, loss_fn, amp_dtype=amp_dtype, scheduler=scheduler)
     if compile_mode is not None:
         # one graph, for the full batch: the epoch's last, smaller batch runs eagerly, because a second graph
         # for it costs 10-20 s of compilation on the CPU (LeNet, BN LeNet, empty cache) to save milliseconds
-        full = make_train_step(compiled(model, compile_mode, device), optimizer, loss_fn, amp_dtype=amp_dtype,
+        full = make_train_step(compiled(net, compile_mode, device), optimizer, loss_fn, amp_dtype=amp_dtype,
                                scheduler=scheduler)
-        step = _by_batch_size(recipe.batch_size, full, step)
-    if files is not None:
-        write_run_json(files.run_json, meta)
+        b, r, n = recipe.batch_size, world.rank, world.size
+        step = _by_batch_size(b * (r + 1) // n - b * r // n, full, step)  # this process's share of a full batch
+    if writes is not None:
+        write_run_json(writes.run_json, meta)
     if not quiet:
         print(f"training {name} ({recipe.name} recipe: lr {recipe.lr}, batch {recipe.batch_size}, "
-              f"resize {recipe.resize or '-'}, {recipe.epochs} epochs) on {device}"
+              f"resize {recipe.resize or '-'}, {recipe.epochs} epochs) on {_where(world, device)}"
               + (f", resuming after epoch {start}" if start else "")
               + (f"\nrecipe: {recipe.based_on}" if recipe.book is None else ""), file=sys.stderr)
         if pretrained is not None:
@@ -511,16 +555,16 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
         for epoch in range(start, recipe.epochs):
             # the test pass (forward only, a sixth of the training images) runs eagerly: compiled, it would
             # add two more graphs' compilation to every run
-            record = _train_epoch(model, step, train_loader, test_loader, device, amp_dtype, epoch, recipe.epochs,
-                                  warmup=bool(compile_mode) and epoch == start, quiet=quiet, tqdm=tqdm,
-                                  classes=list(train_data.classes))
+            record = _train_epoch(world, model, step, train_loader, test_loader, device, amp_dtype, epoch,
+                                  recipe.epochs, warmup=bool(compile_mode) and epoch == start, quiet=quiet,
+                                  tqdm=tqdm, classes=list(train_data.classes))
             if scheduler is not None:
                 record["lr"] = scheduler.get_last_lr()[0]
             history.append(record)
             meta["epochs_done"] = epoch + 1
-            if files is not None:
+            if writes is not None:
                 with deferred_interrupt():
-                    _save_epoch(files, model, optimizer, scheduler, device, history, meta)
+                    _save_epoch(writes, model, optimizer, scheduler, device, history, meta)
             if not quiet:
                 tqdm.write(f"epoch {epoch + 1}/{recipe.epochs}: loss {record['loss']:.3f}, train acc "
                            f"{record['train_acc']:.3f}, test acc {record['test_acc']:.3f}, "
@@ -529,17 +573,17 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
             if on_epoch_end is not None:
                 on_epoch_end(record)
     except Exception:
-        if files is not None:  # a later command may then start it again if no epoch finished (_claim_run_dir)
+        if writes is not None:  # a later command may then start it again if no epoch finished (_claim_run_dir)
             meta["status"] = "failed"
             with contextlib.suppress(OSError):  # a full disk must not hide what failed first
-                write_run_json(files.run_json, meta)
+                write_run_json(writes.run_json, meta)
         raise
     except KeyboardInterrupt:
-        if files is not None:
+        if writes is not None:
             meta["status"] = "interrupted"
-            write_run_json(files.run_json, meta)
+            write_run_json(writes.run_json, meta)
             done = meta["epochs_done"]
-            where = f"the checkpoint of epoch {done} in {files.dir} is intact" if done else "no epoch finished"
+            where = f"the checkpoint of epoch {done} in {writes.dir} is intact" if done else "no epoch finished"
             print(f"interrupted: {where}; to continue, run the same command with --resume "
                   f"(or fit(..., resume=True))", file=sys.stderr)
         raise
@@ -547,17 +591,18 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
         torch.backends.cudnn.benchmark = cudnn_benchmark
 
     model.eval()
-    final = _summary(history, device) if history else {}
+    final = _summary(history, _where(world, device)) if history else {}
     paths = {}
     if files is not None:
         meta["status"], meta["final"] = "finished", final
         meta["end_time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_run_json(files.run_json, meta)
+        if writes is not None:
+            write_run_json(writes.run_json, meta)
         paths = {"run_json": files.run_json, "weights": files.weights, "state": files.state,
                  "metrics": files.metrics, "curves": files.curves}
     result = TrainResult(model=model, recipe=recipe, history=history, final=final, device=device,
                          run_dir=files.dir if files else None, paths=paths, metadata=meta)
-    if history:
+    if history and world.main:
         print(format_final(final, recipe))
         if train_data.is_sample:
             print(f"(trained on the embedded sample of {len(train_data):,} images, not the full set: "
@@ -632,13 +677,14 @@ def _by_batch_size(size: int, full: TrainStep, other: TrainStep) -> TrainStep:
     return step
 
 
-def _train_epoch(model: nn.Module, step: TrainStep, train_loader: Any, test_loader: Any, device: torch.device,
-                 amp_dtype: torch.dtype | None, epoch: int, epochs: int, *, warmup: bool, quiet: bool, tqdm: Any,
-                 classes: list[str]) -> dict[str, Any]:
+def _train_epoch(world: World, model: nn.Module, step: TrainStep, train_loader: Any, test_loader: Any,
+                 device: torch.device, amp_dtype: torch.dtype | None, epoch: int, epochs: int, *, warmup: bool,
+                 quiet: bool, tqdm: Any, classes: list[str]) -> dict[str, Any]:
     """One epoch: train (timed, one sync at the end), then test accuracy (not timed).
 
     ``warmup`` marks the first epoch of a compiled model: its time includes compilation, so the run's
-    examples/sec leaves it out when there are other epochs.
+    examples/sec leaves it out when there are other epochs. Under torchrun the sums and counts are over
+    every process, and every process tests its share of the test set with rank 0's batch norm statistics.
     """
     train_loader.set_epoch(epoch)
     model.train()
@@ -653,13 +699,21 @@ def _train_epoch(model: nn.Module, step: TrainStep, train_loader: Any, test_load
         loss_sum += batch_loss
         correct += batch_correct
         seen += y.shape[0]
+    if world.distributed:
+        loss_sum, correct, total = all_sum(world, loss_sum, correct, torch.tensor(seen, device=device))
+        seen = int(total)
     _sync(device)
     train_seconds = time.perf_counter() - t0
     if seen == 0:
         raise ValueError("the training set is empty: check --subset and the data directory")
+    broadcast_buffers(world, model)
     test = evaluate(model, test_loader, device, amp_dtype=amp_dtype, classes=classes)
+    test_acc = test["accuracy"]
+    if world.distributed:
+        confusion = all_sum(world, test["confusion"].to(device))[0]
+        test_acc = int(confusion.diag().sum()) / int(confusion.sum())
     return {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-            "test_acc": test["accuracy"], "examples_per_sec": seen / train_seconds, "train_seconds": train_seconds,
+            "test_acc": test_acc, "examples_per_sec": seen / train_seconds, "train_seconds": train_seconds,
             "examples": seen, "warmup": warmup, "wall_seconds": time.perf_counter() - t0}
 
 

@@ -84,19 +84,26 @@ class DeviceLoader:
     The shuffle order and the augmentation are pure functions of (seed, epoch); each ``iter()`` uses the
     current epoch and then advances it by one, so call :meth:`set_epoch` to replay or resume an epoch.
     ``subset=n`` keeps the first n examples of a fixed class-balanced permutation (seed-independent;
-    at most the whole set).
+    at most the whole set). ``shard=(rank, shards)``: of every batch, only this process's contiguous share
+    (the shares differ by one example at most; torchrun training, see :mod:`moderncnn.distributed`); a
+    batch whose share is empty is skipped here.
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, *, device: str | torch.device = "cpu",
                  shuffle: bool = False, drop_last: bool = False, resize: int | None = None,
                  augment: bool = False, normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                 channels_last: bool = False, subset: int | None = None, seed: int = 0):
+                 channels_last: bool = False, subset: int | None = None, seed: int = 0,
+                 shard: tuple[int, int] = (0, 1)):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if resize is not None and resize < 1:
             raise ValueError(f"resize must be a positive number of pixels, got {resize}")
         if subset is not None and subset < 1:
             raise ValueError(f"subset must be a positive number of examples, got {subset}")
+        rank, shards = shard
+        if not 0 <= rank < shards:
+            raise ValueError(f"shard must be (rank, shards) with 0 <= rank < shards, got {shard}")
+        self.rank, self.shards = rank, shards
         self.dataset = dataset
         self.batch_size = batch_size
         self.device = torch.device(device)
@@ -125,10 +132,19 @@ class DeviceLoader:
         """Make the next iteration epoch ``epoch``: its order and augmentation depend only on (seed, epoch)."""
         self.epoch = epoch
 
+    def _bounds(self) -> Iterator[tuple[int, int]]:
+        """[start, end) in the epoch's order of each batch, or of this shard's share of it."""
+        n, b = self.num_examples, self.batch_size
+        for i in range(n // b if self.drop_last else math.ceil(n / b)):
+            lo, hi = i * b, min(i * b + b, n)
+            if self.shards > 1:
+                m = hi - lo
+                lo, hi = lo + m * self.rank // self.shards, lo + m * (self.rank + 1) // self.shards
+            if hi > lo:
+                yield lo, hi
+
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_examples // self.batch_size
-        return math.ceil(self.num_examples / self.batch_size)
+        return sum(1 for _ in self._bounds())
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 batch on the device -> the model's input, as each iteration makes it."""
@@ -147,17 +163,18 @@ class DeviceLoader:
         epoch, self.epoch = self.epoch, self.epoch + 1
         generator = None
         if self.augment:
-            generator = torch.Generator(device=self.device).manual_seed(_mix_seed(self.seed, epoch, 1))
+            # each shard its own draws: the same ones would shift every shard's j-th image alike
+            key = (self.seed, epoch, 1) + ((self.rank,) if self.shards > 1 else ())
+            generator = torch.Generator(device=self.device).manual_seed(_mix_seed(*key))
         order = None
         if self.shuffle:
             # drawn on the CPU so the order is the same on every device
             cpu = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
             order = torch.randperm(self.num_examples, generator=cpu).to(self.device, non_blocking=True)
-        b = self.batch_size
-        for i in range(len(self)):
+        for lo, hi in self._bounds():
             if order is None:
-                x, y = self.images[i * b:(i + 1) * b], self.labels[i * b:(i + 1) * b]
+                x, y = self.images[lo:hi], self.labels[lo:hi]
             else:
-                idx = order[i * b:(i + 1) * b]
+                idx = order[lo:hi]
                 x, y = self.images.index_select(0, idx), self.labels.index_select(0, idx)
             yield self.transform(x, generator), y

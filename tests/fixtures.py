@@ -1,0 +1,21 @@
+"""Data the tests share: a tiny data set in Fashion-MNIST's own file format (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from moderncnn.data import write_idx
+
+
+def write_fashion_idx(root: Path, train: int, test: int) -> Path:
+    """``train``/``test`` 28x28 images in the IDX files Fashion-MNIST ships as, the label drawn as a bright row."""
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", train), ("t10k", test)):
+        labels = (torch.arange(n) % 10).to(torch.uint8)
+        images = (torch.rand(n, 28, 28, generator=g) * 100).to(torch.uint8)
+        images[torch.arange(n), 2 * labels.long() + 4] = 255
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
