@@ -126,3 +126,14 @@ def test_batch_norm_run_resumes_and_tests_the_model_it_saves(idx_dir, tmp_path):
     test = load_dataset("fashion_mnist", "test", root=idx_dir, download=False)
     assert evaluate(model, test, "cpu")["accuracy"] == history[-1]["test_acc"]
     assert meta["processes"] == 2 and meta["status"] == "finished"
+
+
+def test_world_size_without_torchrun_is_a_one_line_error(idx_dir, tmp_path, monkeypatch):
+    from moderncnn.train import fit
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ValueError, match="could not join .*start them with torchrun, or unset WORLD_SIZE"):
+        fit("lenet", out_dir=tmp_path / "run", device="cpu", data_dir=idx_dir, download=False, epochs=1)
+    assert not (tmp_path / "run").exists()

@@ -73,7 +73,12 @@ def join(world: World, device: torch.device) -> bool:
         return False
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    except (ValueError, RuntimeError) as e:  # no MASTER_ADDR, a rendezvous that timed out
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"WORLD_SIZE={world.size} asks for several processes, but they could not join ({reason}); "
+                         f"start them with torchrun, or unset WORLD_SIZE to train in one") from None
     return True
 
 
