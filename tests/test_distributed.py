@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from moderncnn import compare
 from moderncnn.checkpoint import load_checkpoint
 from moderncnn.data import DeviceLoader, ImageDataset, load_dataset
 from moderncnn.distributed import World, all_sum, local_device, main_first, on_main, world_from_env
@@ -105,6 +106,7 @@ def test_two_processes_train_the_weights_one_process_trains(idx_dir, tmp_path):
     for key in ("loss", "train_acc", "test_acc"):
         assert two["final"][key] == pytest.approx(one["final"][key], abs=1e-4)
     assert two["data"]["train_used"] == 300 and two["final"]["epochs"] == 2
+    assert [row["device"] for row in compare([tmp_path / "one", tmp_path / "two"])] == ["cpu", "2 x cpu"]
 
 
 def test_batch_norm_run_resumes_and_tests_the_model_it_saves(idx_dir, tmp_path):

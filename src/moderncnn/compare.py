@@ -39,6 +39,13 @@ def _cost(name: str, model_kwargs: dict[str, Any], input_size: Sequence[int] | N
             "params": totals.params, "macs": totals.macs}
 
 
+def _device(meta: dict[str, Any]) -> str | None:
+    device = meta.get("device")
+    if device and meta.get("processes", 1) > 1:  # torchrun: rank 0 recorded its own device
+        return f"{meta['processes']} x {device.split(':')[0]}"
+    return device
+
+
 def _read_history(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -73,7 +80,7 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
     row.update(run=str(run_dir), history=history, status=meta.get("status"), recipe=recipe.get("name"),
                epochs=f"{meta.get('epochs_done', len(history))}/{recipe.get('epochs', '?')}",
                data=data.get("name", "?") + (" (sample)" if data.get("is_sample") else ""),
-               device=meta.get("device"),
+               device=_device(meta),
                wall_seconds=sum(h.get("wall_seconds", 0.0) for h in history) if history else None,
                **{k: last.get(k) for k in ("loss", "train_acc", "test_acc", "examples_per_sec")})
     return row
