@@ -9,7 +9,9 @@ single-process run's up to float rounding (tests/test_distributed.py checks it).
 What differs from one process, as in torchvision's reference scripts without ``--sync-bn``: batch norm
 normalises each share with its own statistics (its running statistics are rank 0's, broadcast before every
 forward and before each test pass), and dropout draws differ. Rank 0 alone reads the run directory first and
-writes it, and prints; the test set is split across processes too and the counts summed.
+writes it, and prints; the test set is split across processes too and the counts summed. ``--resume`` has
+every process read the checkpoint, so the run directory must be where all of them see it (one machine, or a
+shared file system).
 """
 
 from __future__ import annotations

@@ -453,8 +453,8 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
                          f"each batch; pass a larger --batch-size or start fewer processes")
     files = RunFiles(out_dir) if out_dir is not None else None
     writes = files if world.main else None  # rank 0 alone writes the run directory
-    if files is not None and files.run_json.exists() and not (resume or overwrite):
-        on_main(world, lambda: _claim_run_dir(files, resume, overwrite))  # fails fast, before data is loaded
+    if files is not None and not (resume or overwrite):  # a run already there fails now, before data is loaded
+        on_main(world, lambda: _claim_run_dir(files, resume, overwrite) if files.run_json.exists() else None)
     # rank 0 first: a download or the sample's notice happens once
     with contextlib.nullcontext() if world.main else contextlib.redirect_stderr(io.StringIO()):
         train_data, test_data = main_first(world, lambda: _load_data(recipe, train_data, test_data, data_dir,
