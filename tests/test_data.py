@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import pickle
 import socket
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.datasets.utils as tv_utils
 from PIL import Image
 
 from moderncnn.data import (DataError, DeviceLoader, ImageDataset, augment_batch, datasets, load_dataset,
@@ -196,7 +199,7 @@ def _fail_download(calls):
 
 def test_embedded_sample_is_the_last_resort(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(datasets.tv_utils, "download_url", _fail_download(calls))
+    monkeypatch.setattr(tv_utils, "download_url", _fail_download(calls))
     monkeypatch.setenv("MODERNCNN_DATA", str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
     train = load_dataset("fashion-mnist", "train")
@@ -227,7 +230,7 @@ def test_downloads_verify_the_canonical_md5(tmp_path, monkeypatch, split):
         Path(root).mkdir(parents=True, exist_ok=True)
         (Path(root) / filename).write_bytes(b"junk that torchvision's md5 check would have refused")
 
-    monkeypatch.setattr(datasets.tv_utils, "download_url", download_url)
+    monkeypatch.setattr(tv_utils, "download_url", download_url)
     with pytest.raises(DataError, match=r"cache/moderncnn/fashion-mnist/.*bad magic"):
         load_dataset("fashion-mnist", split)
     assert calls == [(f"{stem}.gz", CANONICAL_MD5[f"{stem}.gz"]) for stem in STEMS[split]]
@@ -245,7 +248,7 @@ def test_download_falls_through_mirrors_and_lands_in_the_cache(tmp_path, monkeyp
         Path(root).mkdir(parents=True, exist_ok=True)
         (Path(root) / filename).write_bytes((source / filename).read_bytes())
 
-    monkeypatch.setattr(datasets.tv_utils, "download_url", download_url)
+    monkeypatch.setattr(tv_utils, "download_url", download_url)
     ds = load_dataset("mnist", "test")
     cache = tmp_path / "cache" / "moderncnn" / "mnist"
     assert ds.source == f"downloaded to {cache}" and torch.equal(ds.images[:, 0], images)
@@ -262,6 +265,29 @@ def test_shared_fashion_mnist():
     train = load_dataset("fashion-mnist", "train", root=SHARED)
     assert len(train) == 60_000
     assert train.images.float().mean().item() / 255 == pytest.approx(0.2860, abs=1e-4)
+
+
+def test_class_names_are_torchvisions():
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    assert datasets.IDX_CLASSES == {"fashion-mnist": FashionMNIST.classes, "mnist": MNIST.classes}
+
+
+def test_local_idx_files_train_and_evaluate_without_importing_torchvision(tmp_path):
+    # importing torchvision costs ~2 s (it pulls in torch._dynamo): only downloads, CIFAR and folders need it
+    root = tmp_path / "fashion"
+    root.mkdir()
+    for split, n in (("train", 64), ("t10k", 16)):
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", torch.zeros(n, 28, 28, dtype=torch.uint8))
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", (torch.arange(n) % 10).to(torch.uint8))
+    code = ("import sys, moderncnn\n"
+            f"moderncnn.fit('lenet', out_dir={str(tmp_path / 'run')!r}, data_dir={str(root)!r}, device='cpu', "
+            "download=False, epochs=1, quiet=True)\n"
+            "from moderncnn.cli import main\n"
+            f"assert main(['eval', {str(tmp_path / 'run')!r}, '--data-dir', {str(root)!r}, '--no-download']) == 0\n"
+            "assert 'torchvision' not in sys.modules, 'torchvision was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # -- CIFAR-10 -------------------------------------------------------------------------------------------------

@@ -243,11 +243,15 @@ def _fit_resize(recipe: Recipe, model: nn.Module, native: int, explicit: bool) -
 
 
 def _versions() -> dict[str, str]:
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
 
     from . import __version__
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+    try:
+        vision = version("torchvision")  # without importing it: ~2 s
+    except PackageNotFoundError:
+        vision = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": vision,
             "moderncnn": __version__}
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from .base import DataError, ImageDataset
 
@@ -61,6 +60,8 @@ def load_image_folder(path: str | Path, split: str = "train", *, image_size: int
 
 def _classes(folder: Path) -> tuple[list[str], dict[str, int]]:
     try:
+        from torchvision.datasets.folder import find_classes  # torchvision costs ~2 s to import: when needed
+
         return find_classes(folder)
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"{folder}: no class sub-folders ({e}); "
@@ -77,6 +78,8 @@ def _training_classes(folder: Path) -> tuple[list[str], dict[str, int]]:
 
 
 def _files(folder: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
     return make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
 
 
