@@ -139,3 +139,22 @@ def test_world_size_without_torchrun_is_a_one_line_error(idx_dir, tmp_path, monk
     with pytest.raises(ValueError, match="could not join .*start them with torchrun, or unset WORLD_SIZE"):
         fit("lenet", out_dir=tmp_path / "run", device="cpu", data_dir=idx_dir, download=False, epochs=1)
     assert not (tmp_path / "run").exists()
+
+
+def test_fewer_test_images_than_processes_is_a_one_line_error(idx_dir, tmp_path, monkeypatch):
+    # a one-member gloo group standing in for two processes: the check runs before any per-process work
+    import socket
+
+    import moderncnn.train as train
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for var, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(train, "world_from_env", lambda: World(rank=0, size=2))
+    with pytest.raises(ValueError, match="1 test images cannot be shared by 2 processes; use a larger --test-subset"):
+        train.fit("lenet", out_dir=tmp_path / "run", device="cpu", data_dir=idx_dir, download=False, epochs=1,
+                  test_subset=1)
+    assert not (tmp_path / "run").exists()
+    assert not torch.distributed.is_initialized()  # fit left the group it joined

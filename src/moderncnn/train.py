@@ -464,6 +464,10 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
         train_data, test_data = main_first(world, lambda: _load_data(recipe, train_data, test_data, data_dir,
                                                                       download))
     native = train_data.images.shape[-1]
+    tested = min(recipe.test_subset or len(test_data), len(test_data))
+    if tested < world.size:  # a process with no test image would have nothing to count
+        raise ValueError(f"{tested} test images cannot be shared by {world.size} processes; use a larger "
+                         f"--test-subset or start fewer processes")
 
     torch.manual_seed(seed)
     if isinstance(model, str):
