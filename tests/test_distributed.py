@@ -158,3 +158,15 @@ def test_fewer_test_images_than_processes_is_a_one_line_error(idx_dir, tmp_path,
                   test_subset=1)
     assert not (tmp_path / "run").exists()
     assert not torch.distributed.is_initialized()  # fit left the group it joined
+
+
+def test_a_single_process_on_one_of_several_gpus_says_how_to_use_them_all(monkeypatch):
+    from moderncnn.train import _other_gpus_hint
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    hint = _other_gpus_hint(World(), torch.device("cuda", 0))
+    assert "4 GPUs are visible" in hint and "torchrun --nproc-per-node 4 -m moderncnn train" in hint
+    assert _other_gpus_hint(World(rank=1, size=4, local_rank=1), torch.device("cuda", 1)) is None
+    assert _other_gpus_hint(World(), torch.device("cpu")) is None
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _other_gpus_hint(World(), torch.device("cuda", 0)) is None

@@ -322,6 +322,15 @@ def _dict_diff(a: dict, b: dict) -> list[tuple[str, tuple]]:
     return [(k, (a.get(k), b.get(k))) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+def _other_gpus_hint(world: World, device: torch.device) -> str | None:
+    """One process on one of several GPUs: say how to use them all."""
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if world.distributed or gpus < 2:
+        return None
+    return (f"({gpus} GPUs are visible and this run uses {device}: torchrun --nproc-per-node {gpus} -m moderncnn "
+            f"train ... splits every batch across all of them)")
+
+
 def _where(world: World, device: torch.device) -> str:
     return f"{world.size} x {device.type}" if world.distributed else str(device)
 
@@ -550,6 +559,9 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
               f"resize {recipe.resize or '-'}, {recipe.epochs} epochs) on {_where(world, device)}"
               + (f", resuming after epoch {start}" if start else "")
               + (f"\nrecipe: {recipe.based_on}" if recipe.book is None else ""), file=sys.stderr)
+        hint = _other_gpus_hint(world, device)
+        if hint:
+            print(hint, file=sys.stderr)
         if pretrained is not None:
             print(_describe_pretrained(pretrained, model), file=sys.stderr)
 
