@@ -114,6 +114,12 @@ def test_train_eval_predict_end_to_end(idx_dir, tmp_path, capsys):
         assert path.endswith(name)
         assert [c.rsplit(" ", 1)[0] in classes for c in top.split(", ")] == [True, True]
 
+    (tmp_path / "album").mkdir()
+    shutil.copy(tmp_path / "small.jpg", tmp_path / "album" / "x.jpg")
+    code, stdout, err = run(["predict", out, tmp_path / "album", tmp_path / "photo.png"], capsys)
+    assert code == 0 and [line.split(": ")[0] for line in stdout.splitlines()] == \
+        [str(tmp_path / "album" / "x.jpg"), str(tmp_path / "photo.png")]
+
     (tmp_path / "notes.png").write_text("plain text")
     code, _, err = run(["predict", out, tmp_path / "notes.png"], capsys)
     assert code == 2 and "notes.png is not an image" in one_line_error(err, "predict")

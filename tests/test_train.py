@@ -564,6 +564,31 @@ def test_predict_from_files_and_tensors(data28, tmp_path):
         predict(model, [tmp_path / "absent.png"])
 
 
+def test_predict_a_folder_in_batches(tmp_path):
+    from PIL import Image
+
+    from moderncnn.evaluate import image_files
+
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=4).eval()
+    photos = tmp_path / "photos"
+    (photos / "more").mkdir(parents=True)
+    (photos / ".thumbnails").mkdir()
+    for i, where in enumerate(["b.png", "a.JPG", "more/c.png", ".thumbnails/d.png", ".e.png"]):
+        Image.new("L", (20 + i, 30), 40 * i).save(photos / where, format="PNG" if where.endswith("png") else "JPEG")
+    (photos / "notes.txt").write_text("skipped: not an image file name")
+    files = image_files([photos, tmp_path / "absent.png"])
+    assert files == [photos / "a.JPG", photos / "b.png", photos / "more" / "c.png", tmp_path / "absent.png"]
+    one_batch = predict(model, files[:3], topk=4)
+    assert predict(model, files[:3], topk=4, batch_size=2) == one_batch  # batches of 2, then 1
+    assert [len(top) for top in one_batch] == [4, 4, 4]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image files .* in the folder .*empty"):
+        image_files([tmp_path / "empty"])
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        predict(model, files[:1], batch_size=0)
+
+
 @pytest.mark.parametrize("name, cpu_channels_last", [("lenet", True), ("googlenet", True), ("lenet_bn", False),
                                                      ("lenet_bn_scratch", False), ("resnet18_book", True)])
 def test_default_speed_follows_the_measurements(name, cpu_channels_last):

@@ -161,16 +161,17 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .checkpoint import load_checkpoint
-    from .evaluate import predict, select_device
+    from .evaluate import image_files, predict, select_device
 
     if args.topk < 1:
         raise CLIError(f"--topk must be at least 1, got {args.topk}")
     model, meta = load_checkpoint(args.checkpoint, select_device(args.device))
     inputs = meta.get("input", {})
     normalize = inputs.get("normalize")
-    results = predict(model, args.images, meta.get("data", {}).get("classes"), args.topk,
+    files = image_files(args.images)
+    results = predict(model, files, meta.get("data", {}).get("classes"), args.topk,
                       size=inputs.get("size"), normalize=tuple(normalize) if normalize else None)
-    for path, top in zip(args.images, results):
+    for path, top in zip(files, results):
         print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
 
 
@@ -281,10 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="top-k classes of image files",
         description="Classify image files with a trained run: any size or colour mode, converted to what the "
-                    "model was trained on (grey/RGB, its input size).",
+                    "model was trained on (grey/RGB, its input size). A folder stands for the image files under "
+                    "it (.png, .jpg, ...; recursively).",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--topk", type=int, default=3, help="how many classes to show (default 3)")
     _add_device(p)
     p.set_defaults(func=cmd_predict)

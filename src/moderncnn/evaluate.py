@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["select_device", "autocast", "evaluate", "format_per_class", "plot_confusion", "load_images",
-           "predict"]
+           "image_files", "predict"]
 
 Normalize = tuple[Sequence[float], Sequence[float]]
 
@@ -160,35 +160,62 @@ def load_images(paths: Sequence[str | Path], channels: int, size: int) -> torch.
     return torch.cat(batch)
 
 
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The paths given, with each folder replaced by the image files under it (recursively, sorted).
+
+    Image files are those torchvision's ImageFolder takes (by extension); hidden files and folders are skipped.
+    """
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            files.append(p)
+            continue
+        from torchvision.datasets.folder import IMG_EXTENSIONS  # imported only here: it costs ~2 s
+
+        found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS and f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not found:
+            raise FileNotFoundError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in the folder {p}")
+        files += found
+    return files
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor | Sequence[str | Path], classes: Sequence[str] | None = None,
             topk: int = 3, *, size: int | None = None, normalize: Normalize | None = None,
-            device: str | torch.device | None = None) -> list[list[tuple[str, float]]]:
+            device: str | torch.device | None = None, batch_size: int = 256) -> list[list[tuple[str, float]]]:
     """Top-k ``(class, probability)`` for each image.
 
-    ``images``: file paths, or a batch (N, C, H, W) as uint8 or floats in [0, 1]. They are resized to
-    ``size`` (default: the model's ``default_image_size``) and normalised with ``normalize=(mean, std)``
-    when the model was trained so. ``classes`` defaults to the class indices as strings.
+    ``images``: file paths (see :func:`image_files` for folders), or a batch (N, C, H, W) as uint8 or floats
+    in [0, 1]. They are resized to ``size`` (default: the model's ``default_image_size``) and normalised with
+    ``normalize=(mean, std)`` when the model was trained so. ``classes`` defaults to the class indices as
+    strings. Files are read ``batch_size`` at a time, so a folder of any size fits in memory.
     """
     device = select_device(device) if device is not None else next(model.parameters()).device
     size = size or getattr(model, "default_image_size", None)
-    if isinstance(images, torch.Tensor):
-        from .data import resize_batch
-
-        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-        if size:
-            x = resize_batch(x, size)
-    else:
-        if not size:
-            raise ValueError("predict needs size= for images read from files (the model has no default size)")
-        x = load_images(images, getattr(model, "in_channels", 3), size).float() / 255
-    if normalize is not None:
-        mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in normalize)
-        x = (x - mean) / std
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not isinstance(images, torch.Tensor) and not size:
+        raise ValueError("predict needs size= for images read from files (the model has no default size)")
+    names = list(classes) if classes else None
     model.eval()
-    probs = model(x.to(device)).float().softmax(1)
-    k = min(topk, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    names = list(classes) if classes else [str(i) for i in range(probs.shape[1])]
-    values, indices = top.values.cpu(), top.indices.cpu()
-    return [[(names[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(values, indices)]
+    results: list[list[tuple[str, float]]] = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        if isinstance(chunk, torch.Tensor):
+            from .data import resize_batch
+
+            x = chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk.float()
+            if size:
+                x = resize_batch(x, size)
+        else:
+            x = load_images(chunk, getattr(model, "in_channels", 3), size).float() / 255
+        if normalize is not None:
+            mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in normalize)
+            x = (x - mean) / std
+        probs = model(x.to(device)).float().softmax(1)
+        top = probs.topk(min(topk, probs.shape[1]), dim=1)
+        names = names or [str(c) for c in range(probs.shape[1])]
+        values, indices = top.values.cpu(), top.indices.cpu()
+        results += [[(names[int(c)], float(p)) for p, c in zip(ps, idx)] for ps, idx in zip(values, indices)]
+    return results
