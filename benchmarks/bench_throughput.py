@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import moderncnn  # noqa: E402
 from moderncnn.data import DeviceLoader, load_dataset  # noqa: E402
+from moderncnn.layers import use_row_stacked  # noqa: E402
 from moderncnn.recipes import BOOK_RECIPES, get_recipe  # noqa: E402
 from moderncnn.train import (COMPILE_MODES, build_loss, build_optimizer, compiled, default_speed,  # noqa: E402
                              init_weights, make_train_step, select_device)
@@ -56,6 +57,8 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
         speed["channels_last"] = channels_last
     if speed["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
+    if speed["row_stacked"] and speed["amp_dtype"] is not None:  # as fit() does
+        use_row_stacked(model, speed["channels_last"])
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as fit() does; the book's loop does not
     if compile:
         torch._dynamo.reset()  # each timing compiles afresh; many models would otherwise hit dynamo's cache limit

@@ -134,3 +134,12 @@ def test_two_process_experiment_runs(tmp_path):
     assert [line.split("  ")[0] for line in lines[1:]] == [
         "1 process, every core", "2 processes x 1 thread, gradients all-reduced", "2 processes x 1 thread, DDP",
         "2 processes x 1 thread, no all-reduce (bound)"]
+
+
+def test_row_stacked_experiment_runs(capsys):
+    experiments = script("cpu_row_stacked")
+    experiments.main(["--models", "lenet", "--rounds", "1", "--steps", "1", "--profile", "1"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("lenet (batch 256, 28 px")
+    assert float(line.split("max |output difference| ")[1].split(";")[0]) < 0.05  # bf16 rounding at most
+    assert "stem alone (profiled): plain" in line

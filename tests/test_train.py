@@ -492,6 +492,22 @@ def test_channels_last_and_examples_per_sec(data28):
     assert result.final["device"] == "cpu"
 
 
+def test_cpu_stem_over_stacked_rows_with_bf16_only_and_the_model_returned_plain(data28):
+    from moderncnn.layers import RowStackedConv2d
+
+    seen = []
+    for amp in (None, False):
+        model = create_model("lenet", num_classes=4)
+        stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        hook = stem.register_forward_pre_hook(lambda m, args: seen.append(type(m)))
+        result = fit(model, "book", None, train_data=data28[0], test_data=data28[1], **{**FAST, "amp": amp})
+        hook.remove()
+        assert result.metadata["speed"]["row_stacked"] is (amp is None)
+        assert type(stem) is nn.Conv2d  # the trained model is the plain one again
+        assert set(seen) == ({RowStackedConv2d} if amp is None else {nn.Conv2d})
+        seen.clear()
+
+
 def test_final_lines_in_the_books_format():
     final = {"loss": 0.4691, "train_acc": 0.8234, "test_acc": 0.779, "examples_per_sec": 55297.41, "device": "cuda:0"}
     text = format_final(final, get_recipe("lenet"))

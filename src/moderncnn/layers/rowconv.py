@@ -1,0 +1,66 @@
+"""Convolutions over one input channel computed over stacked rows: a speed option for the CPU.
+
+Every model trained on grey images starts with a convolution over one channel. Stacking the kernel's ``kh``
+row-shifted copies of the padded input as channels turns a ``kh x kw`` convolution over one channel into a
+``1 x kw`` convolution over ``kh`` channels, with the weights laid out as ``(out, kh, 1, kw)``: the same
+products and sums. oneDNN runs that faster than its single-channel kernels, forward and weight gradient:
+inside a bf16 train step on the 2-core test machine, profiled, ResNet-18's 96-px stem takes 39 ms instead of
+131 and LeNet's first convolution 5.4 ms instead of 6.7; the compiled LeNet steps gain 8-17%
+(``python benchmarks/cpu_row_stacked.py``, docs/benchmarks.md). Over three or more channels the direct
+convolution is faster, so only single-channel ones are converted.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["RowStackedConv2d", "row_stackable", "use_row_stacked", "restore_conv2d"]
+
+
+class RowStackedConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` over one input channel, computed over stacked rows; same parameters and results.
+
+    Made by :func:`use_row_stacked` from plain ``nn.Conv2d`` modules (its state dict is theirs).
+    """
+
+    # the stacked rows' memory format: the model's (a one-channel input does not show which it is)
+    stack_channels_last = False
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        kh, _ = self.kernel_size
+        sh, sw = self.stride
+        ph, pw = self.padding
+        x = F.pad(input, (pw, pw, ph, ph))
+        rows_out = (x.shape[2] - kh) // sh + 1
+        span = sh * (rows_out - 1) + 1
+        stacked = torch.cat([x[:, :, i:i + span:sh] for i in range(kh)], 1)
+        if self.stack_channels_last:
+            stacked = stacked.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(stacked, weight.permute(0, 2, 1, 3), bias, stride=(1, sw))
+
+
+def row_stackable(m: nn.Module) -> bool:
+    """A plain ``nn.Conv2d`` over one input channel (taller than one row) that :func:`use_row_stacked` converts."""
+    return (type(m) is nn.Conv2d and m.in_channels == 1 and m.groups == 1 and m.dilation == (1, 1)
+            and m.padding_mode == "zeros" and not isinstance(m.padding, str) and m.kernel_size[0] > 1)
+
+
+def use_row_stacked(model: nn.Module, channels_last: bool = False) -> list[nn.Module]:
+    """Compute ``model``'s single-channel ``nn.Conv2d`` layers over stacked rows; returns those converted.
+
+    ``channels_last``: the model runs in that memory format (the stacked rows follow it).
+    """
+    converted = [m for m in model.modules() if row_stackable(m)]
+    for m in converted:
+        m.__class__ = RowStackedConv2d
+        m.stack_channels_last = channels_last
+    return converted
+
+
+def restore_conv2d(converted: list[nn.Module]) -> None:
+    """Undo :func:`use_row_stacked`: the layers are plain ``nn.Conv2d`` again."""
+    for m in converted:
+        m.__class__ = nn.Conv2d
+        m.__dict__.pop("stack_channels_last", None)
