@@ -19,3 +19,13 @@ def write_fashion_idx(root: Path, train: int, test: int) -> Path:
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+def assert_same_as_conv2d(layer: torch.nn.Module, conv: torch.nn.Conv2d, x: torch.Tensor) -> None:
+    """``layer`` (with ``conv``'s weight and bias) gives ``conv``'s outputs and gradients on ``x``."""
+    y = conv(x)
+    grad = torch.randn_like(y)
+    torch.testing.assert_close(layer(x), y)
+    for ours, theirs in zip(torch.autograd.grad(layer(x), (x, layer.weight, layer.bias), grad),
+                            torch.autograd.grad(y, (x, conv.weight, conv.bias), grad)):
+        torch.testing.assert_close(ours, theirs)

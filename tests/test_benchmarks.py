@@ -97,19 +97,15 @@ def test_first_steps_prints_one_line_of_losses_per_lr(capsys):
 def test_banded_convolution_experiment_matches_conv2d(capsys):
     experiments = script("cpu_conv_experiments")
     torch = pytest.importorskip("torch")
+    from fixtures import assert_same_as_conv2d
+
     nn = torch.nn
     torch.manual_seed(0)
     for c, o, h, w, k, pad in [(1, 6, 28, 28, 5, 2), (6, 16, 14, 14, 5, 0), (3, 5, 9, 11, 3, 1)]:
         conv = nn.Conv2d(c, o, k, padding=pad).double()
         banded = experiments.BandedConv2d(c, o, k, padding=pad).double()
         banded.load_state_dict(conv.state_dict())
-        x = torch.randn(3, c, h, w, dtype=torch.float64, requires_grad=True)
-        y = conv(x)
-        grad = torch.randn_like(y)
-        torch.testing.assert_close(banded(x), y)
-        for ours, theirs in zip(torch.autograd.grad(banded(x), (x, banded.weight, banded.bias), grad),
-                                torch.autograd.grad(y, (x, conv.weight, conv.bias), grad)):
-            torch.testing.assert_close(ours, theirs)
+        assert_same_as_conv2d(banded, conv, torch.randn(3, c, h, w, dtype=torch.float64, requires_grad=True))
     x = torch.randn(2, 3, 8, 6)
     torch.testing.assert_close(experiments.MeanPool2d(2)(x), nn.AvgPool2d(2)(x))
     experiments.main(["--eager", "--rounds", "1"])

@@ -9,6 +9,8 @@ import torch.nn as nn
 import moderncnn
 from moderncnn.layers import RowStackedConv2d, restore_conv2d, row_stackable, use_row_stacked
 
+from fixtures import assert_same_as_conv2d
+
 ALL = moderncnn.list_models()
 
 
@@ -24,12 +26,7 @@ def test_same_outputs_and_gradients_as_conv2d(kernel, stride, padding, size, cha
     rows.load_state_dict(conv.state_dict())
     assert use_row_stacked(rows, channels_last) == [rows] and type(rows) is RowStackedConv2d
     x = torch.randn(3, 1, *size, dtype=torch.float64, requires_grad=True)
-    y = conv(x)
-    grad = torch.randn_like(y)
-    torch.testing.assert_close(rows(x), y)
-    for ours, theirs in zip(torch.autograd.grad(rows(x), (x, rows.weight, rows.bias), grad),
-                            torch.autograd.grad(y, (x, conv.weight, conv.bias), grad)):
-        torch.testing.assert_close(ours, theirs)
+    assert_same_as_conv2d(rows, conv, x)
     assert rows(x).is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
