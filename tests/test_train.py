@@ -611,8 +611,8 @@ def test_default_speed_follows_the_measurements(name, cpu_channels_last):
     from moderncnn.train import default_speed
 
     cpu = default_speed(torch.device("cpu"), create_model(name))
-    assert cpu == {"amp_dtype": torch.bfloat16, "channels_last": cpu_channels_last}
-    assert default_speed(torch.device("meta")) == {"amp_dtype": None, "channels_last": False}
+    assert cpu == {"amp_dtype": torch.bfloat16, "channels_last": cpu_channels_last, "row_stacked": True}
+    assert default_speed(torch.device("meta")) == {"amp_dtype": None, "channels_last": False, "row_stacked": False}
 
 
 def test_compile_modes():
