@@ -4,8 +4,9 @@ Every model trained on grey images starts with a convolution over one channel. S
 row-shifted copies of the padded input as channels turns a ``kh x kw`` convolution over one channel into a
 ``1 x kw`` convolution over ``kh`` channels, with the weights laid out as ``(out, kh, 1, kw)``: the same
 products and sums. oneDNN runs that faster than its single-channel kernels, forward and weight gradient:
-inside a bf16 train step on the 2-core test machine, profiled, ResNet-18's 96-px stem takes 39 ms instead of
-131 and LeNet's first convolution 5.4 ms instead of 6.7; the compiled LeNet steps gain 8-17%
+inside a bf16 train step on the 2-core test machine, profiled, AlexNet's stem takes 56 ms instead of 249,
+NiN's 81 instead of 285, DenseNet's 42 instead of 71 and LeNet's 5.4 instead of 6.7 (ResNet-18's 39 or 98
+instead of 131 or 103, VGG's 210 or 171 instead of 233 or 124: noisy); the compiled LeNet steps gain 8-17%
 (``python benchmarks/cpu_row_stacked.py``, docs/benchmarks.md). Over three or more channels the direct
 convolution is faster, so only single-channel ones are converted.
 """
