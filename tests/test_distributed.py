@@ -51,6 +51,17 @@ def test_shards_split_every_batch_of_the_same_order(n, batch, shards, drop_last)
     assert all(next(c, None) is None for c in cursors)
 
 
+def test_equal_steps_leave_out_a_batch_too_small_for_every_shard():
+    data = toy(129)  # batches of 64, 64 and 1: the last cannot give three shards an example each
+    parts = [list(DeviceLoader(data, 64, shuffle=True, seed=3, shard=(r, 3), equal_steps=True)) for r in range(3)]
+    assert [len(p) for p in parts] == [2, 2, 2]
+    whole = list(DeviceLoader(data, 64, shuffle=True, seed=3))
+    for i in range(2):
+        assert torch.equal(torch.cat([p[i][1] for p in parts]), whole[i][1])
+    loader = DeviceLoader(data, 64, shard=(2, 3))
+    assert [loader.share(m) for m in (64, 1, 2)] == [22, 1, 1] and DeviceLoader(data, 64).share(64) == 64
+
+
 def test_single_process_world_is_a_pass_through(monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)

@@ -325,7 +325,13 @@ def _reject_unknown(verb_parser: argparse.ArgumentParser, unknown: list[str]) ->
 
 
 def _main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"  # under torchrun, every process gets there alike: rank 0 says it
+    """Under torchrun every process fails alike: rank 0 alone says so."""
+    from .distributed import world_from_env
+
+    try:
+        return world_from_env().main
+    except ValueError:  # a malformed RANK: better said twice than not at all
+        return True
 
 
 def _report(line: str) -> None:

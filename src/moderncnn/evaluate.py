@@ -197,14 +197,14 @@ def predict(model: nn.Module, images: torch.Tensor | Sequence[str | Path], class
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if not isinstance(images, torch.Tensor) and not size:
         raise ValueError("predict needs size= for images read from files (the model has no default size)")
+    from .data import resize_batch
+
     names = list(classes) if classes else None
     model.eval()
     results: list[list[tuple[str, float]]] = []
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]
         if isinstance(chunk, torch.Tensor):
-            from .data import resize_batch
-
             x = chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk.float()
             if size:
                 x = resize_batch(x, size)

@@ -522,12 +522,9 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
 
     norm = (normalize[0], normalize[1]) if normalize else None
     shard = (world.rank, world.size)
-    used = min(recipe.subset or len(train_data), len(train_data))
-    # every process must step together: a last batch too small to give each one an example is left out
-    uneven = 0 < used % recipe.batch_size < world.size
     train_loader = DeviceLoader(train_data, recipe.batch_size, device=device, shuffle=True, resize=recipe.resize,
                                 augment=recipe.augment, normalize=norm, channels_last=use_cl,
-                                subset=recipe.subset, seed=seed, shard=shard, drop_last=uneven)
+                                subset=recipe.subset, seed=seed, shard=shard, equal_steps=True)
     test_loader = DeviceLoader(test_data, recipe.batch_size, device=device, resize=recipe.resize,
                                normalize=norm, channels_last=use_cl, subset=recipe.test_subset, shard=shard)
     meta["data"]["train_used"] = train_loader.num_examples
@@ -552,8 +549,7 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
         # for it costs 10-20 s of compilation on the CPU (LeNet, BN LeNet, empty cache) to save milliseconds
         full = make_train_step(compiled(net, compile_mode, device), optimizer, loss_fn, amp_dtype=amp_dtype,
                                scheduler=scheduler)
-        b, r, n = recipe.batch_size, world.rank, world.size
-        step = _by_batch_size(b * (r + 1) // n - b * r // n, full, step)  # this process's share of a full batch
+        step = _by_batch_size(train_loader.share(recipe.batch_size), full, step)
     if writes is not None:
         write_run_json(writes.run_json, meta)
     if not quiet:

@@ -86,14 +86,15 @@ class DeviceLoader:
     ``subset=n`` keeps the first n examples of a fixed class-balanced permutation (seed-independent;
     at most the whole set). ``shard=(rank, shards)``: of every batch, only this process's contiguous share
     (the shares differ by one example at most; torchrun training, see :mod:`moderncnn.distributed`); a
-    batch whose share is empty is skipped here.
+    batch whose share is empty is skipped here, or on every shard with ``equal_steps=True`` (then all
+    shards yield as many batches, which DistributedDataParallel needs).
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, *, device: str | torch.device = "cpu",
                  shuffle: bool = False, drop_last: bool = False, resize: int | None = None,
                  augment: bool = False, normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
                  channels_last: bool = False, subset: int | None = None, seed: int = 0,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), equal_steps: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if resize is not None and resize < 1:
@@ -103,7 +104,7 @@ class DeviceLoader:
         rank, shards = shard
         if not 0 <= rank < shards:
             raise ValueError(f"shard must be (rank, shards) with 0 <= rank < shards, got {shard}")
-        self.rank, self.shards = rank, shards
+        self.rank, self.shards, self.equal_steps = rank, shards, equal_steps
         self.dataset = dataset
         self.batch_size = batch_size
         self.device = torch.device(device)
@@ -132,14 +133,23 @@ class DeviceLoader:
         """Make the next iteration epoch ``epoch``: its order and augmentation depend only on (seed, epoch)."""
         self.epoch = epoch
 
+    def _share(self, m: int) -> tuple[int, int]:
+        """This shard's [start, end) within a batch of ``m`` examples."""
+        return m * self.rank // self.shards, m * (self.rank + 1) // self.shards
+
+    def share(self, m: int) -> int:
+        """How many of a batch of ``m`` examples this shard gets."""
+        lo, hi = self._share(m)
+        return hi - lo
+
     def _bounds(self) -> Iterator[tuple[int, int]]:
         """[start, end) in the epoch's order of each batch, or of this shard's share of it."""
         n, b = self.num_examples, self.batch_size
         for i in range(n // b if self.drop_last else math.ceil(n / b)):
             lo, hi = i * b, min(i * b + b, n)
-            if self.shards > 1:
-                m = hi - lo
-                lo, hi = lo + m * self.rank // self.shards, lo + m * (self.rank + 1) // self.shards
+            if self.equal_steps and hi - lo < self.shards:  # some shard would have nothing
+                continue
+            lo, hi = (lo + d for d in self._share(hi - lo))
             if hi > lo:
                 yield lo, hi
 
