@@ -4,8 +4,8 @@ Both sides train the same model (the book's form, Xavier init, plain SGD at the
 recipe's lr and batch size) on the full Fashion-MNIST training set, resized to
 the recipe's size, on the same device, for the same number of batches after the
 same warm-up. moderncnn: the data set as one uint8 tensor on the device,
-batch-wise resize, bf16 autocast and channels_last as the trainer picks them
-for the device, no host sync in the step. Reference: ``reference_pipeline.py``
+batch-wise resize, bf16 autocast, channels_last and (CUDA) the step as one
+CUDA graph as the trainer picks them for the device, no host sync in the step. Reference: ``reference_pipeline.py``
 (torchvision FashionMNIST + Resize + ToTensor, DataLoader(num_workers=4), fp32,
 a host sync per batch). Examples/sec are end to end (data loading included).
 
@@ -45,7 +45,8 @@ def sync(device: torch.device) -> None:
 
 
 def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: int, compile: str | None = None,
-                   amp: bool = True, channels_last: bool | None = None) -> tuple[float, float]:
+                   amp: bool = True, channels_last: bool | None = None,
+                   cuda_graph: bool | None = None) -> tuple[float, float]:
     """(examples/sec over the timed batches, seconds the warm-up took: compilation included)."""
     recipe = get_recipe(name, "book")
     torch.manual_seed(0)
@@ -55,6 +56,9 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
         speed["amp_dtype"] = None
     if channels_last is not None:
         speed["channels_last"] = channels_last
+    # as fit() does: the eager step as one CUDA graph by default, never under torch.compile
+    graph = speed["cuda_graph"] if cuda_graph is None else cuda_graph
+    graph = graph and device.type == "cuda" and compile is None
     if speed["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     if speed["row_stacked"] and speed["amp_dtype"] is not None:  # as fit() does
@@ -64,9 +68,12 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
         torch._dynamo.reset()  # each timing compiles afresh; many models would otherwise hit dynamo's cache limit
     net = compiled(model, compile, device)
     net.train()
-    step = make_train_step(net, build_optimizer(model, recipe, device), build_loss(recipe), amp_dtype=speed["amp_dtype"])
+    step = make_train_step(net, build_optimizer(model, recipe, device), build_loss(recipe),
+                           amp_dtype=speed["amp_dtype"], cuda_graph=recipe.batch_size if graph else None)
     loader = DeviceLoader(data, recipe.batch_size, device=device, shuffle=True, drop_last=True,
                           resize=recipe.resize, channels_last=speed["channels_last"])
+    if graph:  # the graph's capture is part of the warm-up, not of the timed steps
+        warmup = max(warmup, step.warmup + 1)
     it = endless(loader)
     begin = time.perf_counter()
     for i in range(warmup + batches):
@@ -94,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile's mode; implies --compile")
     p.add_argument("--no-amp", action="store_true", help="moderncnn in fp32")
     p.add_argument("--channels-last", type=int, choices=(0, 1), default=None, help="force channels_last off/on")
+    p.add_argument("--cuda-graph", type=int, choices=(0, 1), default=None,
+                   help="force the eager step's CUDA graph off/on (default: on for cuda, as fit() does)")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
@@ -119,7 +128,8 @@ def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, co
     print(header)
     print("|---" * (header.count("|") - 1) + "|", flush=True)
     results = []
-    opts = {"amp": not args.no_amp, "channels_last": None if args.channels_last is None else bool(args.channels_last)}
+    opts = {"amp": not args.no_amp, "channels_last": None if args.channels_last is None else bool(args.channels_last),
+            "cuda_graph": None if args.cuda_graph is None else bool(args.cuda_graph)}
     for name in args.models.split(","):
         recipe = get_recipe(name, "book")
         batches = args.batches * (args.small_factor if recipe.resize is None else 1)
@@ -152,7 +162,7 @@ def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, co
         print(line, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": dev_name, "torch": torch.__version__,
-                                               "batches": args.batches,
+                                               "batches": args.batches, "cuda_graph": args.cuda_graph,
                                                "compile_mode": compile_mode, "results": results}, indent=1))
 
 

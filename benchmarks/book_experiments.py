@@ -90,12 +90,12 @@ def main(argv: list[str] | None = None) -> None:
         if not finals:
             continue
         acc = [f["test_acc"] for f in finals]
-        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        spread = f" +- {statistics.stdev(acc):.3f}" if len(acc) > 1 else ""  # one seed has no spread to show
         book = BOOK_FIGURES.get(model, {})
         book_acc = " / ".join(f"{f.test_acc:.3f}" for f in book.values()) or "-"
         name = model if len(finals) == len(seeds) else \
             f"{model} (seeds {','.join(str(s) for s, f in runs.items() if f is not None)})"
-        lines.append(f"| {name} | {statistics.mean(acc):.3f} +- {sd:.3f} | {min(acc):.3f}-{max(acc):.3f} | "
+        lines.append(f"| {name} | {statistics.mean(acc):.3f}{spread} | {min(acc):.3f}-{max(acc):.3f} | "
                      f"{statistics.mean(f['loss'] for f in finals):.3f} | "
                      f"{statistics.median(f['examples_per_sec'] for f in finals):,.0f} | {book_acc} |")
         print(lines[-1], flush=True)

@@ -21,7 +21,7 @@ from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, MODERN_LR, OW
 from moderncnn.train import (_fit_resize, build_optimizer, build_scheduler, compile_mode_of, fit, format_final,
                              init_weights, make_train_step)
 
-FAST = dict(epochs=2, batch_size=32, quiet=True, amp=False)
+FAST = dict(epochs=2, batch_size=32, quiet=True, amp=False, device="cpu")
 
 
 def toy(n: int, split: str, size: int = 28, classes: int = 4, seed: int = 0) -> ImageDataset:
@@ -611,8 +611,10 @@ def test_default_speed_follows_the_measurements(name, cpu_channels_last):
     from moderncnn.train import default_speed
 
     cpu = default_speed(torch.device("cpu"), create_model(name))
-    assert cpu == {"amp_dtype": torch.bfloat16, "channels_last": cpu_channels_last, "row_stacked": True}
-    assert default_speed(torch.device("meta")) == {"amp_dtype": None, "channels_last": False, "row_stacked": False}
+    assert cpu == {"amp_dtype": torch.bfloat16, "channels_last": cpu_channels_last, "row_stacked": True,
+                   "cuda_graph": False}
+    assert default_speed(torch.device("meta")) == {"amp_dtype": None, "channels_last": False, "row_stacked": False,
+                                                   "cuda_graph": False}
 
 
 def test_compile_modes():
@@ -672,7 +674,67 @@ def test_cuda_training_restores_the_callers_cudnn_benchmark(data28):
     before = torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = False
-        result = fit("lenet", "book", None, "cuda", train_data=data28[0], test_data=data28[1], **FAST)
+        result = fit("lenet", "book", None, train_data=data28[0], test_data=data28[1], **dict(FAST, device="cuda"))
         assert result.device.type == "cuda" and torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+def test_cuda_graph_only_where_it_applies(data28, tmp_path):
+    from moderncnn.distributed import World
+    from moderncnn.train import _use_cuda_graph
+
+    cuda, one, book = torch.device("cuda"), World(0, 1, 0), get_recipe("lenet", "book")
+    assert _use_cuda_graph(None, True, cuda, book, one, None)
+    assert not _use_cuda_graph(False, True, cuda, book, one, None)
+    # a per-step lr schedule, several processes or torch.compile: off by default, an error when asked for
+    for recipe, world, mode, why in [(get_recipe("lenet", "modern"), one, None, "freeze the onecycle schedule's lr"),
+                                     (book, World(0, 2, 0), None, "for one process"),
+                                     (book, one, "default", "replays the eager step")]:
+        assert not _use_cuda_graph(None, True, cuda, recipe, world, mode)
+        with pytest.raises(ValueError, match=f"--cuda-graph cannot be used here: it .*{why}.*; leave it out"):
+            _use_cuda_graph(True, True, cuda, recipe, world, mode)
+    with pytest.raises(ValueError, match="--cuda-graph cannot be used here: it needs a CUDA device"):
+        fit("lenet", "book", tmp_path / "run", train_data=data28[0], test_data=data28[1], cuda_graph=True, **FAST)
+    assert not (tmp_path / "run" / "run.json").exists()
+    fit("lenet", "book", tmp_path / "run", train_data=data28[0], test_data=data28[1], **FAST)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["speed"]["cuda_graph"] is False
+    model = create_model("lenet")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="would freeze the lr of a per-step schedule"):
+        make_train_step(model, optimizer, nn.CrossEntropyLoss(), cuda_graph=32,
+                        scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model", ["lenet_bn_scratch", "alexnet"])
+def test_cuda_graph_training_matches_eager(model, data28, tmp_path):
+    # 24-image batches: five graphed (three warm-up steps, the capture, a replay) and one of 8 each epoch
+    # a calm lr: no chaos to amplify rounding
+    options = dict(FAST, batch_size=24, lr=0.1, test_data=data28[1], device="cuda")
+    runs = {graph: fit(model, "book", tmp_path / str(graph), train_data=data28[0], cuda_graph=graph,
+                       **options) for graph in (False, True)}
+    assert json.loads((tmp_path / "True" / "run.json").read_text())["speed"]["cuda_graph"] is True
+    eager, graphed = runs[False], runs[True]
+    for a, b in zip(eager.history, graphed.history):
+        assert b["examples"] == a["examples"] == 128
+        if model == "lenet_bn_scratch":  # no dropout: the same sums (AlexNet's dropout masks differ)
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["test_acc"] == a["test_acc"]
+    if model == "lenet_bn_scratch":  # the moving statistics were updated in place by every replay
+        for (name, a), b in zip(eager.model.state_dict().items(), graphed.model.state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
+    else:
+        assert all(math.isfinite(h["loss"]) for h in graphed.history)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_whose_step_cannot_be_captured_goes_on_eagerly_and_says_so(data28, tmp_path):
+    model = create_model("lenet", num_classes=4)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].max().item()))  # waits for the host
+    with pytest.warns(UserWarning, match="cannot be replayed as a CUDA graph"):
+        result = fit(model, "book", tmp_path / "run", train_data=data28[0], test_data=data28[1],
+                     **dict(FAST, batch_size=16, device="cuda"))
+    speed = json.loads((tmp_path / "run" / "run.json").read_text())["speed"]
+    assert speed["cuda_graph"] is False and speed["cuda_graph_failed"]
+    assert [h["examples"] for h in result.history] == [128, 128] and len(seen) == 2 * (8 + 2)  # train and test batches

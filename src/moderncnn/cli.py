@@ -80,8 +80,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = args.out or Path("runs") / f"{args.model}-{args.recipe}"
     fit(args.model, args.recipe, out, args.device, seed=args.seed, data_dir=args.data_dir,
         download=not args.no_download, amp=False if args.no_amp else None, channels_last=args.channels_last,
-        compile=args.compile_mode or args.compile, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-        command=args.command_line, init_from=args.init_from, **overrides)
+        cuda_graph=args.cuda_graph, compile=args.compile_mode or args.compile, resume=args.resume,
+        overwrite=args.overwrite, quiet=args.quiet, command=args.command_line, init_from=args.init_from, **overrides)
     if not args.quiet and _main_process():
         print(f"run directory: {out}", file=sys.stderr)
 
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: what measured fastest for the device and model; "
                         "docs/benchmarks.md)")
+    g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay each step (forward, backward, update) as one CUDA graph (default: on for one "
+                        "CUDA process without --compile or an lr schedule)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bar or per-epoch lines (the final result is still printed)")
     p.set_defaults(func=cmd_train)

@@ -37,11 +37,12 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Mixed precision on ``device`` when ``dtype`` is given; a no-op otherwise."""
+def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed precision on ``device`` when ``dtype`` is given; a no-op otherwise. ``cache=False``: no cache of
+    the weights' casts, which a CUDA graph capture needs."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 def _batches(data: Any, device: torch.device, batch_size: int, resize: int | None, normalize: Normalize | None,

@@ -6,7 +6,8 @@ directory (see :mod:`moderncnn.checkpoint`) that ``resume=True`` continues.
 One training step is :func:`make_train_step`, which the benchmarks time too.
 
 Speed options change how, not what, is computed: bf16 autocast (batch norm
-and the loss stay in fp32, autocast's own rule), channels_last, optional
+and the loss stay in fp32, autocast's own rule), channels_last, on a GPU the
+whole step replayed as one CUDA graph (:mod:`moderncnn.cudagraph`), optional
 ``torch.compile``; loss and accuracy are summed on the device and read once
 per epoch, so the step never waits for the host.
 """
@@ -33,6 +34,7 @@ import torch.nn as nn
 from .checkpoint import (RunFiles, _unwrap, atomic_write, deferred_interrupt, load_pretrained, load_state,
                          load_weights, new_figure, read_run_json, save_figure, save_state, save_weights,
                          weights_epoch, write_run_json)
+from .cudagraph import GraphedStep, TrainStep
 from .distributed import (World, all_sum, broadcast_buffers, join, leave, local_device, main_first, on_main,
                           world_from_env)
 from .evaluate import autocast, evaluate, select_device
@@ -42,9 +44,6 @@ from .registry import get_model_builder
 
 __all__ = ["TrainResult", "fit", "init_weights", "build_optimizer", "build_scheduler", "build_loss",
            "make_train_step", "default_speed", "format_final", "plot_curves", "TrainStep"]
-
-TrainStep = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
 
 @dataclass
 class TrainResult:
@@ -101,10 +100,14 @@ def build_loss(recipe: Recipe) -> nn.CrossEntropyLoss:
 
 
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, *,
-                    amp_dtype: torch.dtype | None = None, scheduler: Any = None) -> TrainStep:
+                    amp_dtype: torch.dtype | None = None, scheduler: Any = None,
+                    cuda_graph: int | None = None) -> TrainStep:
     """One SGD step as a function ``step(x, y) -> (loss * batch, correct)``, both 0-dim device tensors.
 
-    Nothing in it waits for the device. A model that returns ``(logits, *aux)`` in training mode (it has
+    Nothing in it waits for the device. ``cuda_graph=N``: batches of N examples are replayed as one CUDA graph
+    (:class:`~moderncnn.cudagraph.GraphedStep`), other sizes run eagerly; no ``scheduler`` then.
+
+    A model that returns ``(logits, *aux)`` in training mode (it has
     ``aux_loss_weight``) is trained on ``CE(logits) + aux_loss_weight * sum(CE(aux))``; accuracy and the
     reported loss come from the logits' term only.
     """
@@ -112,7 +115,7 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
-        with autocast(x.device, amp_dtype):
+        with autocast(x.device, amp_dtype, cache=cuda_graph is None):
             out = model(x)
             logits, *aux = out if isinstance(out, (tuple, list)) else (out,)
             main = loss_fn(logits, y)
@@ -123,6 +126,10 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
             scheduler.step()
         return main.detach().float() * y.shape[0], (logits.detach().argmax(1) == y).sum()
 
+    if cuda_graph is not None:
+        if scheduler is not None:
+            raise ValueError("a CUDA graph would freeze the lr of a per-step schedule; train without one")
+        return GraphedStep(step, cuda_graph)
     return step
 
 
@@ -132,11 +139,12 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
     ``compiled``: the model will run under ``torch.compile``, which changes what pays off on the CPU.
     """
     if device.type == "cuda":
-        # H100, book recipes: bf16 makes AlexNet 1.4x faster (21.0k vs 14.8k ex/s) and costs the launch-bound
-        # LeNet/GoogLeNet ~25%; channels_last made no recipe faster at these resolutions and GoogLeNet 25%
-        # slower (its concats and 3x3/1 pools), so it stays off.
+        # H100, book recipes, the step as one CUDA graph (cudagraph.py; LeNet 130k -> 650k ex/s) with
+        # cudnn.benchmark: bf16 makes AlexNet 1.4x and VGG 1.3x faster than fp32, ResNet and DenseNet even;
+        # channels_last then makes ResNet 1.9x, DenseNet 1.7x, BN LeNet 1.8x, GoogLeNet 1.2x and the 224-pixel
+        # models 1.1x faster, LeNet 8% slower (docs/benchmarks.md).
         return {"amp_dtype": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
-                "channels_last": False, "row_stacked": False}
+                "channels_last": True, "row_stacked": False, "cuda_graph": True}
     if device.type == "cpu":
         # 2-core Xeon with AMX-bf16, book recipes, bf16 step: channels_last makes GoogLeNet 2.0x, DenseNet
         # 1.6x and LeNet 1.4x faster, AlexNet and ResNet even, but the BN LeNets 2.3x slower: PyTorch's CPU
@@ -144,9 +152,9 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
         # is generated code and that exception goes: channels_last makes the compiled BN LeNet ~1.2x faster
         # (the from-scratch one ~5% slower). Single-channel convolutions (the stem, for grey images) over
         # stacked rows: the compiled LeNets' steps 8-17% faster, AlexNet's stem 249 -> 56 ms (bf16, profiled).
-        return {"amp_dtype": torch.bfloat16,
-                "channels_last": compiled or model is None or not _has_narrow_norm(model), "row_stacked": True}
-    return {"amp_dtype": None, "channels_last": False, "row_stacked": False}
+        return {"amp_dtype": torch.bfloat16, "channels_last": compiled or model is None or not _has_narrow_norm(model),
+                "row_stacked": True, "cuda_graph": False}
+    return {"amp_dtype": None, "channels_last": False, "row_stacked": False, "cuda_graph": False}
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -413,9 +421,10 @@ def _load_data(recipe: Recipe, train_data: Any, test_data: Any, data_dir: str | 
 def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Path | None = None,
         device: str | torch.device | None = None, *, seed: int = 0, data_dir: str | Path | None = None,
         train_data: Any = None, test_data: Any = None, download: bool = True, amp: bool | None = None,
-        channels_last: bool | None = None, compile: bool | str = False, resume: bool = False, overwrite: bool = False,
-        quiet: bool = False, command: str | None = None, init_from: str | Path | None = None,
-        on_epoch_end: Callable[[dict[str, Any]], None] | None = None, **overrides: Any) -> TrainResult:
+        channels_last: bool | None = None, compile: bool | str = False, cuda_graph: bool | None = None,
+        resume: bool = False, overwrite: bool = False, quiet: bool = False, command: str | None = None,
+        init_from: str | Path | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        **overrides: Any) -> TrainResult:
     """Train ``model`` (a registered name or a built model) with a recipe, like the book's ``train_ch6``.
 
     ``recipe``: ``"book"``, ``"modern"`` or a :class:`~moderncnn.recipes.Recipe`; ``overrides`` replace any
@@ -425,7 +434,9 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     for checkpoints, metrics and curves (None: nothing written, no resume). ``amp``/``channels_last``:
     None picks the device's default (:func:`default_speed`). ``compile``: True or a ``torch.compile`` mode
     (:data:`COMPILE_MODES`; ``"reduce-overhead"`` replays CUDA graphs, for launch-bound small models).
-    A built model is re-initialised when the recipe's ``init`` is ``"xavier"``, as ``train_ch6`` does; pass
+    ``cuda_graph``: replay each full batch's whole step (forward, backward, update) as one CUDA graph; None:
+    on for CUDA where it applies (one process, no lr schedule, no ``compile``). A built model is re-initialised
+    when the recipe's ``init`` is ``"xavier"``, as ``train_ch6`` does; pass
     ``init="default"`` to keep its weights. ``init_from``: start from trained weights (a run directory, a
     ``.safetensors`` or a ``.pth`` state dict, e.g. torchvision's) after the recipe's init: fine-tuning,
     with a classifier for another number of classes left at the recipe's init (see
@@ -442,15 +453,16 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     try:
         return _fit(world, model, recipe, out_dir, device, seed=seed, data_dir=data_dir, train_data=train_data,
                     test_data=test_data, download=download, amp=amp, channels_last=channels_last, compile=compile,
-                    resume=resume, overwrite=overwrite, quiet=quiet, command=command, init_from=init_from,
-                    on_epoch_end=on_epoch_end, **overrides)
+                    cuda_graph=cuda_graph, resume=resume, overwrite=overwrite, quiet=quiet, command=command,
+                    init_from=init_from, on_epoch_end=on_epoch_end, **overrides)
     finally:
         leave(joined)
 
 
 def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: str | Path | None,
          device: torch.device, *, seed: int, data_dir: str | Path | None, train_data: Any, test_data: Any,
-         download: bool, amp: bool | None, channels_last: bool | None, compile: bool | str, resume: bool,
+         download: bool, amp: bool | None, channels_last: bool | None, compile: bool | str,
+         cuda_graph: bool | None, resume: bool,
          overwrite: bool, quiet: bool, command: str | None, init_from: str | Path | None,
          on_epoch_end: Callable[[dict[str, Any]], None] | None, **overrides: Any) -> TrainResult:
     quiet = quiet or not world.main
@@ -502,10 +514,12 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
         amp_dtype = torch.bfloat16
     use_cl = speed["channels_last"] if channels_last is None else channels_last
     row_stacked = speed["row_stacked"] and amp_dtype is not None  # measured with bf16 only
+    graphed = _use_cuda_graph(cuda_graph, speed["cuda_graph"], device, recipe, world, compile_mode)
 
     meta = _run_metadata(name, recipe, seed, train_data, test_data, normalize, device, command,
                          speed={"amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
-                                "channels_last": use_cl, "row_stacked": row_stacked, "compile": compile_mode or False})
+                                "channels_last": use_cl, "row_stacked": row_stacked, "compile": compile_mode or False,
+                                "cuda_graph": graphed})
     meta["init_from"] = pretrained
     meta["processes"] = world.size
 
@@ -543,7 +557,8 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
         torch.manual_seed(seed + 1_000_003 * world.rank + 7919 * start)  # dropout: other draws on each process
 
     loss_fn = build_loss(recipe)
-    step = make_train_step(net, optimizer, loss_fn, amp_dtype=amp_dtype, scheduler=scheduler)
+    step = make_train_step(net, optimizer, loss_fn, amp_dtype=amp_dtype, scheduler=scheduler,
+                           cuda_graph=train_loader.share(recipe.batch_size) if graphed else None)
     if compile_mode is not None:
         # one graph, for the full batch: the epoch's last, smaller batch runs eagerly, because a second graph
         # for it costs 10-20 s of compilation on the CPU (LeNet, BN LeNet, empty cache) to save milliseconds
@@ -579,6 +594,8 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
                                   tqdm=tqdm, classes=list(train_data.classes))
             if scheduler is not None:
                 record["lr"] = scheduler.get_last_lr()[0]
+            if getattr(step, "failed", None):  # the capture failed (GraphedStep warned): the run went on eagerly
+                meta["speed"].update(cuda_graph=False, cuda_graph_failed=step.failed)
             history.append(record)
             meta["epochs_done"] = epoch + 1
             if writes is not None:
@@ -687,6 +704,19 @@ def _create(name: str, recipe: Recipe, num_classes: int, in_channels: int) -> nn
     from .registry import create_model
 
     return create_model(name, num_classes=num_classes, in_channels=in_channels, **recipe.model_kwargs)
+
+
+def _use_cuda_graph(requested: bool | None, default: bool, device: torch.device, recipe: Recipe, world: World,
+                    compile_mode: str | None) -> bool:
+    """Whether to replay the step as one CUDA graph; an explicit request that cannot be met fails here."""
+    obstacle = ("it needs a CUDA device" if device.type != "cuda" else
+                f"it would freeze the {recipe.schedule} schedule's lr" if recipe.schedule != "constant" else
+                "it is for one process, not torchrun" if world.distributed else
+                "it replays the eager step (--compile-mode reduce-overhead replays compiled graphs)"
+                if compile_mode is not None else None)
+    if requested and obstacle:
+        raise ValueError(f"--cuda-graph cannot be used here: {obstacle}; leave it out")
+    return (default if requested is None else requested) and obstacle is None
 
 
 def _by_batch_size(size: int, full: TrainStep, other: TrainStep) -> TrainStep:
