@@ -5,9 +5,9 @@ recipe's lr and batch size) on the full Fashion-MNIST training set, resized to
 the recipe's size, on the same device, for the same number of batches after the
 same warm-up. moderncnn: the data set as one uint8 tensor on the device,
 batch-wise resize, bf16 autocast, channels_last and (CUDA) the step as one
-CUDA graph as the trainer picks them for the device, no host sync in the step. Reference: ``reference_pipeline.py``
-(torchvision FashionMNIST + Resize + ToTensor, DataLoader(num_workers=4), fp32,
-a host sync per batch). Examples/sec are end to end (data loading included).
+CUDA graph as the trainer picks them for the device, no host sync in the step.
+Reference: ``reference_pipeline.py`` (torchvision FashionMNIST + Resize +
+ToTensor, DataLoader(num_workers=4), fp32, a host sync per batch). Examples/sec are end to end (data loading included).
 
     python benchmarks/bench_throughput.py --data-dir ../shared/data/fashion-mnist [--device cuda] \
         [--batches 20] [--models lenet,alexnet] [--json out.json]
@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import moderncnn  # noqa: E402
 from moderncnn.data import DeviceLoader, load_dataset  # noqa: E402
+from moderncnn.distributed import World  # noqa: E402
 from moderncnn.layers import use_row_stacked  # noqa: E402
 from moderncnn.recipes import BOOK_RECIPES, get_recipe  # noqa: E402
-from moderncnn.train import (COMPILE_MODES, build_loss, build_optimizer, compiled, default_speed,  # noqa: E402
-                             init_weights, make_train_step, select_device)
+from moderncnn.train import (COMPILE_MODES, _use_cuda_graph, build_loss, build_optimizer, compiled,  # noqa: E402
+                             default_speed, init_weights, make_train_step, select_device)
 from reference_pipeline import book_init, book_train_iter, endless, time_book_steps, torchvision_root  # noqa: E402
 
 
@@ -56,9 +57,7 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
         speed["amp_dtype"] = None
     if channels_last is not None:
         speed["channels_last"] = channels_last
-    # as fit() does: the eager step as one CUDA graph by default, never under torch.compile
-    graph = speed["cuda_graph"] if cuda_graph is None else cuda_graph
-    graph = graph and device.type == "cuda" and compile is None
+    graph = _use_cuda_graph(cuda_graph, speed["cuda_graph"], device, recipe, World(), compile)  # as fit() decides
     if speed["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     if speed["row_stacked"] and speed["amp_dtype"] is not None:  # as fit() does
@@ -102,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-amp", action="store_true", help="moderncnn in fp32")
     p.add_argument("--channels-last", type=int, choices=(0, 1), default=None, help="force channels_last off/on")
     p.add_argument("--cuda-graph", type=int, choices=(0, 1), default=None,
-                   help="force the eager step's CUDA graph off/on (default: on for cuda, as fit() does)")
+                   help="force the eager step's CUDA graph off/on (default: as fit() decides; 1 where it cannot "
+                        "apply, e.g. with --compile-mode, is an error)")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)

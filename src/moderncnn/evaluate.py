@@ -37,7 +37,8 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, dtype: torch.dtype | None,
+             cache: bool = True) -> contextlib.AbstractContextManager:
     """Mixed precision on ``device`` when ``dtype`` is given; a no-op otherwise. ``cache=False``: no cache of
     the weights' casts, which a CUDA graph capture needs."""
     if dtype is None:

@@ -462,9 +462,9 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
 def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: str | Path | None,
          device: torch.device, *, seed: int, data_dir: str | Path | None, train_data: Any, test_data: Any,
          download: bool, amp: bool | None, channels_last: bool | None, compile: bool | str,
-         cuda_graph: bool | None, resume: bool,
-         overwrite: bool, quiet: bool, command: str | None, init_from: str | Path | None,
-         on_epoch_end: Callable[[dict[str, Any]], None] | None, **overrides: Any) -> TrainResult:
+         cuda_graph: bool | None, resume: bool, overwrite: bool, quiet: bool, command: str | None,
+         init_from: str | Path | None, on_epoch_end: Callable[[dict[str, Any]], None] | None,
+         **overrides: Any) -> TrainResult:
     quiet = quiet or not world.main
     if isinstance(model, str):
         get_model_builder(model)  # an unknown name fails before any data is loaded
