@@ -33,12 +33,23 @@ def torchvision_root(gz_dir: Path, work_dir: Path) -> Path:
     return work_dir
 
 
-def book_train_iter(root: Path, batch_size: int, resize: int | None, num_workers: int = 4) -> DataLoader:
+def book_train_iter(root: Path, batch_size: int, resize: int | None, num_workers: int = 4,
+                    persistent: bool = True, train: bool = True, subset: int | None = None) -> DataLoader:
+    """d2l's ``load_data_fashion_mnist`` loader (``train=False``: its test loader, not shuffled); ``subset``:
+    the first that many images only.
+
+    ``persistent`` keeps the worker processes between epochs, which d2l does not: the throughput benchmark
+    times batches, not epochs, and this leaves worker start-up out of the book's figure.
+    """
     trans = [transforms.ToTensor()]
     if resize:
         trans.insert(0, transforms.Resize(resize))
-    train = torchvision.datasets.FashionMNIST(root=str(root), train=True, transform=transforms.Compose(trans), download=False)
-    return DataLoader(train, batch_size, shuffle=True, num_workers=num_workers, persistent_workers=num_workers > 0)
+    data = torchvision.datasets.FashionMNIST(root=str(root), train=train, transform=transforms.Compose(trans),
+                                             download=False)
+    if subset is not None:
+        data = torch.utils.data.Subset(data, range(min(subset, len(data))))
+    return DataLoader(data, batch_size, shuffle=train, num_workers=num_workers,
+                      persistent_workers=persistent and num_workers > 0)
 
 
 def book_init(model: nn.Module) -> None:
@@ -47,6 +58,65 @@ def book_init(model: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
 
     model.apply(init_weights)
+
+
+def book_step(model: nn.Module, lr: float, device: torch.device):
+    """train_ch6's step: ``step(X, y) -> (loss * batch, correct)`` as Python floats, as d2l's ``Accumulator``
+    takes them (a host sync per batch)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    loss = nn.CrossEntropyLoss()
+
+    def step(X: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        optimizer.zero_grad()
+        X, y = X.to(device), y.to(device)
+        y_hat = model(X)
+        l = loss(y_hat, y)
+        l.backward()
+        optimizer.step()
+        with torch.no_grad():
+            return float(l * X.shape[0]), float((y_hat.argmax(axis=1).type(y.dtype) == y).type(y.dtype).sum())
+
+    return step
+
+
+def book_accuracy(model: nn.Module, data_iter: DataLoader, device: torch.device) -> float:
+    """d2l's ``evaluate_accuracy_gpu``."""
+    model.eval()
+    correct = total = 0.0
+    with torch.no_grad():
+        for X, y in data_iter:
+            X, y = X.to(device), y.to(device)
+            correct += float((model(X).argmax(axis=1).type(y.dtype) == y).type(y.dtype).sum())
+            total += y.numel()
+    return correct / total
+
+
+def train_ch6(model: nn.Module, train_iter: DataLoader, test_iter: DataLoader, num_epochs: int, lr: float,
+              device: torch.device) -> dict[str, float]:
+    """d2l's whole ``train_ch6``, without its animator (which redraws a matplotlib figure five times an epoch:
+    leaving it out makes the book faster, not slower).
+
+    Returns the book's closing figures (loss, train acc, test acc of the last epoch; examples/sec by the book's
+    timer, around the step only), ``examples`` (an epoch's) and ``seconds``, the whole run's wall time, test
+    passes and worker start-ups included.
+    """
+    start = time.perf_counter()
+    book_init(model)
+    model.to(device)
+    step = book_step(model, lr, device)
+    step_time = 0.0
+    for _ in range(num_epochs):
+        model.train()
+        loss_sum = correct = examples = 0.0
+        for X, y in train_iter:
+            t0 = time.perf_counter()
+            l, c = step(X, y)
+            step_time += time.perf_counter() - t0
+            loss_sum, correct, examples = loss_sum + l, correct + c, examples + X.shape[0]
+        test_acc = book_accuracy(model, test_iter, device)
+    return {"loss": loss_sum / examples, "train_acc": correct / examples, "test_acc": test_acc,
+            "examples_per_sec": examples * num_epochs / step_time, "examples": examples,
+            "seconds": time.perf_counter() - start}
 
 
 def endless(loader):
@@ -64,8 +134,7 @@ def time_book_steps(model: nn.Module, train_iter: DataLoader, lr: float, device:
     train_ch6 prints (its timer runs only around the step).
     """
     model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    loss = nn.CrossEntropyLoss()
+    step = book_step(model, lr, device)
     step_time = examples = 0.0
     it = endless(train_iter)
     for i in range(warmup + num_batches):
@@ -75,14 +144,7 @@ def time_book_steps(model: nn.Module, train_iter: DataLoader, lr: float, device:
             start = time.perf_counter()
         X, y = next(it)
         t0 = time.perf_counter()
-        optimizer.zero_grad()
-        X, y = X.to(device), y.to(device)
-        y_hat = model(X)
-        l = loss(y_hat, y)
-        l.backward()
-        optimizer.step()
-        with torch.no_grad():  # d2l's Accumulator.add: float() on each value, a host sync per batch
-            float(l * X.shape[0]), float((y_hat.argmax(axis=1).type(y.dtype) == y).type(y.dtype).sum()), X.shape[0]
+        step(X, y)
         if i >= warmup:
             step_time += time.perf_counter() - t0
             examples += X.shape[0]

@@ -139,3 +139,19 @@ def test_row_stacked_experiment_runs(capsys):
     assert line.startswith("lenet (batch 256, 28 px")
     assert float(line.split("max |output difference| ")[1].split(";")[0]) < 0.05  # bf16 rounding at most
     assert "stem alone (profiled): plain" in line
+
+
+@needs_shared
+def test_whole_runs_times_the_books_train_ch6_and_fit(tmp_path, capsys):
+    out = tmp_path / "whole.json"
+    script("whole_runs").main(["--data-dir", str(SHARED), "--models", "lenet_bn", "--epochs", "1", "--repeats", "1",
+                               "--subset", "512", "--workers", "0", "--device", "cpu", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["model"] == "lenet_bn" and set(row["runs"]) == {"book", "moderncnn"}
+    for pipeline, (run,) in row["runs"].items():
+        assert run["seconds"] > 0 and 0 <= run["test_acc"] <= 1, pipeline
+        assert 0 < run["loss"] < 10 and 0 <= run["train_acc"] <= 1, pipeline
+    assert row["runs"]["book"][0]["examples"] == 512  # an epoch of the first 512 images, the last batch whole
+    table = capsys.readouterr().out
+    assert table.splitlines()[1] == "| model | book | moderncnn | speed-up |"
+    assert table.splitlines()[-1].startswith("| lenet_bn | ")
