@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     compile_mode = args.compile_mode or ("default" if args.compile else None)
+    for name in args.models.split(","):
+        moderncnn.get_model_builder(name)  # a misspelt model fails now, not after the others' runs
 
     device = select_device(args.device)
     data = load_dataset("fashion-mnist", "train", root=args.data_dir, download=False, allow_sample=False)
@@ -167,4 +169,6 @@ def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, co
 
 
 if __name__ == "__main__":
-    main()
+    import _cli
+
+    _cli.run(main)

@@ -25,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from moderncnn import fit
+from moderncnn import fit, get_model_builder
 from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES
 from moderncnn.train import COMPILE_MODES
 
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export", metavar="DIR", help="copy every finished run's run.json, metrics.jsonl and curves.png "
                                                    "here")
     args = p.parse_args(argv)
+    for model in args.models.split(","):
+        get_model_builder(model)  # a misspelt model fails now, not after the others' runs
     deadline = time.monotonic() + (args.time_budget if args.time_budget is not None else float("inf"))
     overrides = {k: v for k in ("epochs", "subset", "test_subset", "resize") if (v := getattr(args, k)) is not None}
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -107,4 +109,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _cli
+
+    _cli.run(main)

@@ -118,4 +118,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _cli
+
+    _cli.run(main)

@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
                         "class-balanced N)")
     p.add_argument("--json", default=None, help="also write every run's figures here")
     args = p.parse_args(argv)
+    for name in args.models.split(","):
+        moderncnn.get_model_builder(name)  # a misspelt model fails now, not after the others' runs
+    if not Path(args.data_dir).is_dir():
+        p.error(f"no folder {args.data_dir}: pass --data-dir DIR, a folder with Fashion-MNIST's .gz files")
     device = select_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="moderncnn-whole-"))
     try:
@@ -124,4 +128,6 @@ def run_all(args: argparse.Namespace, device: torch.device, root: Path) -> list[
 
 
 if __name__ == "__main__":
-    main()
+    import _cli
+
+    _cli.run(main)

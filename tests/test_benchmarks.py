@@ -155,3 +155,20 @@ def test_whole_runs_times_the_books_train_ch6_and_fit(tmp_path, capsys):
     table = capsys.readouterr().out
     assert table.splitlines()[1] == "| model | book | moderncnn | speed-up |"
     assert table.splitlines()[-1].startswith("| lenet_bn | ")
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("whole_runs", ["--models", "lenet,nosuch"], "whole_runs.py: error: unknown model 'nosuch'"),
+    ("bench_throughput", ["--models", "lenet,nosuch"], "bench_throughput.py: error: unknown model 'nosuch'"),
+    ("cpu_row_stacked", ["--models", "nosuch"], "cpu_row_stacked.py: error: unknown model 'nosuch'"),
+    ("book_experiments", ["--data-dir", ".", "--models", "lenet,nosuch"],
+     "book_experiments.py: error: unknown model 'nosuch'"),
+    ("whole_runs", ["--data-dir", "/nonexistent"], "whole_runs.py: error: no folder /nonexistent: pass --data-dir"),
+])
+def test_benchmark_scripts_fail_in_one_line(name, args, message):
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith(message), done.stderr

@@ -1,0 +1,19 @@
+"""One-line errors for the benchmark scripts: a wrong model name or data folder is for the user to fix, and a
+stack trace would bury the fix."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+
+def run(main: Callable[[], None]) -> None:
+    """Call ``main()``; a ValueError or a missing file ends the script with ``SCRIPT: error: ...`` on stderr."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        detail = str(e)
+        if isinstance(e, OSError) and e.filename:
+            detail = f"{e.strerror.lower() if e.strerror else 'cannot open'}: {e.filename}"
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {detail}")
