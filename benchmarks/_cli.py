@@ -7,6 +7,17 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from moderncnn import get_model_builder
+
+
+def model_names(text: str) -> list[str]:
+    """A ``--models`` value, comma-separated, each one checked: a misspelt model fails before any run starts,
+    not after the others' runs."""
+    names = text.split(",")
+    for name in names:
+        get_model_builder(name)
+    return names
+
 
 def run(main: Callable[[], None]) -> None:
     """Call ``main()``; a ValueError or a missing file ends the script with ``SCRIPT: error: ...`` on stderr."""

@@ -37,7 +37,8 @@ from moderncnn.layers import use_row_stacked  # noqa: E402
 from moderncnn.recipes import BOOK_RECIPES, get_recipe  # noqa: E402
 from moderncnn.train import (COMPILE_MODES, _use_cuda_graph, build_loss, build_optimizer, compiled,  # noqa: E402
                              default_speed, init_weights, make_train_step, select_device)
-from reference_pipeline import book_init, book_train_iter, endless, time_book_steps, torchvision_root  # noqa: E402
+from _cli import model_names  # noqa: E402
+from reference_pipeline import book_init, book_loader, endless, time_book_steps, torchvision_root  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -107,8 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     compile_mode = args.compile_mode or ("default" if args.compile else None)
-    for name in args.models.split(","):
-        moderncnn.get_model_builder(name)  # a misspelt model fails now, not after the others' runs
+    args.models = model_names(args.models)
 
     device = select_device(args.device)
     data = load_dataset("fashion-mnist", "train", root=args.data_dir, download=False, allow_sample=False)
@@ -132,7 +132,7 @@ def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, co
     results = []
     opts = {"amp": not args.no_amp, "channels_last": None if args.channels_last is None else bool(args.channels_last),
             "cuda_graph": None if args.cuda_graph is None else bool(args.cuda_graph)}
-    for name in args.models.split(","):
+    for name in args.models:
         recipe = get_recipe(name, "book")
         batches = args.batches * (args.small_factor if recipe.resize is None else 1)
         runs: dict[str, list[float]] = {"reference": [], "reference_book_timer": [], "moderncnn": [], "moderncnn_compile": [],
@@ -142,7 +142,7 @@ def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, co
                 torch.manual_seed(0)
                 ref_model = moderncnn.create_model(name, **recipe.model_kwargs)
                 book_init(ref_model)
-                loader = book_train_iter(root, recipe.batch_size, recipe.resize, num_workers=args.workers)
+                loader = book_loader(root, recipe.batch_size, recipe.resize, num_workers=args.workers)
                 ref, ref_book = time_book_steps(ref_model, loader, recipe.lr, device, batches, args.warmup)
                 runs["reference"].append(ref)
                 runs["reference_book_timer"].append(ref_book)

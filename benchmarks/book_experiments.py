@@ -25,7 +25,8 @@ import statistics
 import time
 from pathlib import Path
 
-from moderncnn import fit, get_model_builder
+from _cli import model_names
+from moderncnn import fit
 from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES
 from moderncnn.train import COMPILE_MODES
 
@@ -75,8 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export", metavar="DIR", help="copy every finished run's run.json, metrics.jsonl and curves.png "
                                                    "here")
     args = p.parse_args(argv)
-    for model in args.models.split(","):
-        get_model_builder(model)  # a misspelt model fails now, not after the others' runs
+    args.models = model_names(args.models)
     deadline = time.monotonic() + (args.time_budget if args.time_budget is not None else float("inf"))
     overrides = {k: v for k in ("epochs", "subset", "test_subset", "resize") if (v := getattr(args, k)) is not None}
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
              "| experiment | test acc mean +- sd | min-max | train loss mean | ex/s (median) | book zh / en test |",
              "|---|---|---|---|---|---|"]
     missing = []
-    for model in args.models.split(","):
+    for model in args.models:
         runs = {s: run_one(model, s, args, overrides, deadline) for s in seeds}
         missing += [f"{model} seed {s}" for s, f in runs.items() if f is None]
         finals = [f for f in runs.values() if f is not None]

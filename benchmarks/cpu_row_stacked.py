@@ -25,6 +25,7 @@ import time
 import torch
 import torch.nn as nn
 
+from _cli import model_names
 from moderncnn import create_model
 from moderncnn.layers.rowconv import row_stackable, restore_conv2d, use_row_stacked
 from moderncnn.recipes import BOOK_RECIPES, get_recipe
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="also profile N steps of plain and rows, alternating, and print the time spent on the stem")
     args = p.parse_args(argv)
     device = torch.device("cpu")
-    for name in args.models.split(","):
+    for name in model_names(args.models):
         recipe = get_recipe(name, "book")
         torch.manual_seed(0)
         model = init_weights(create_model(name, num_classes=10, in_channels=1, **recipe.model_kwargs))

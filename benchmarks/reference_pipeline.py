@@ -33,8 +33,8 @@ def torchvision_root(gz_dir: Path, work_dir: Path) -> Path:
     return work_dir
 
 
-def book_train_iter(root: Path, batch_size: int, resize: int | None, num_workers: int = 4,
-                    persistent: bool = True, train: bool = True, subset: int | None = None) -> DataLoader:
+def book_loader(root: Path, batch_size: int, resize: int | None, num_workers: int = 4,
+                persistent: bool = True, train: bool = True, subset: int | None = None) -> DataLoader:
     """d2l's ``load_data_fashion_mnist`` loader (``train=False``: its test loader, not shuffled); ``subset``:
     the first that many images only.
 

@@ -36,7 +36,8 @@ import torch
 import moderncnn
 from moderncnn.evaluate import select_device
 from moderncnn.recipes import get_recipe
-from reference_pipeline import book_train_iter, torchvision_root, train_ch6
+from _cli import model_names
+from reference_pipeline import book_loader, torchvision_root, train_ch6
 
 LENETS = "lenet,lenet_bn,lenet_bn_scratch"
 
@@ -46,8 +47,8 @@ def book_run(name: str, root: Path, device: torch.device, epochs: int, seed: int
     recipe = get_recipe(name, "book")
     torch.manual_seed(seed)
     start = time.perf_counter()
-    train_iter = book_train_iter(root, recipe.batch_size, recipe.resize, workers, persistent=False, subset=subset)
-    test_iter = book_train_iter(root, recipe.batch_size, recipe.resize, workers, persistent=False, train=False)
+    train_iter = book_loader(root, recipe.batch_size, recipe.resize, workers, persistent=False, subset=subset)
+    test_iter = book_loader(root, recipe.batch_size, recipe.resize, workers, persistent=False, train=False)
     model = moderncnn.create_model(name, **recipe.model_kwargs)
     result = train_ch6(model, train_iter, test_iter, epochs, recipe.lr, device)
     result["seconds"] = time.perf_counter() - start  # the data sets' loading too, as fit's figure has it
@@ -59,8 +60,7 @@ def moderncnn_run(name: str, data_dir: str, device: torch.device, epochs: int, s
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the book's closing lines: the table has them
         result = moderncnn.fit(name, "book", device=device, seed=seed, data_dir=data_dir, download=False,
-                               quiet=True, compile=compile, epochs=epochs,
-                               **({"subset": subset} if subset else {}))
+                               quiet=True, compile=compile, epochs=epochs, subset=subset)
     final = result.final
     return {"loss": final["loss"], "train_acc": final["train_acc"], "test_acc": final["test_acc"],
             "examples_per_sec": final["examples_per_sec"], "seconds": time.perf_counter() - start}
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                         "class-balanced N)")
     p.add_argument("--json", default=None, help="also write every run's figures here")
     args = p.parse_args(argv)
-    for name in args.models.split(","):
-        moderncnn.get_model_builder(name)  # a misspelt model fails now, not after the others' runs
+    args.models = model_names(args.models)
     if not Path(args.data_dir).is_dir():
         p.error(f"no folder {args.data_dir}: pass --data-dir DIR, a folder with Fashion-MNIST's .gz files")
     device = select_device(args.device)
@@ -107,7 +106,7 @@ def run_all(args: argparse.Namespace, device: torch.device, root: Path) -> list[
     print(header)
     print("|---" * (header.count("|") - 1) + "|", flush=True)
     results = []
-    for name in args.models.split(","):
+    for name in args.models:
         runs: dict[str, list[dict]] = {k: [] for k in pipelines}
         for _ in range(args.repeats):
             runs["book"].append(book_run(name, root, device, args.epochs, args.seed, args.workers, args.subset))
