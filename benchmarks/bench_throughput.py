@@ -46,10 +46,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: int, compile: str | None = None,
-                   amp: bool = True, channels_last: bool | None = None,
-                   cuda_graph: bool | None = None) -> tuple[float, float]:
-    """(examples/sec over the timed batches, seconds the warm-up took: compilation included)."""
+def build_step(name: str, data, device: torch.device, compile: str | None = None, amp: bool = True,
+               channels_last: bool | None = None, cuda_graph: bool | None = None, row_stacked: bool | None = None):
+    """The trainer's step for the book recipe of ``name``, built as fit() builds it, and its loader.
+
+    Returns (step, loader, settings). None for an option: the device's default, as fit() decides it.
+    """
     recipe = get_recipe(name, "book")
     torch.manual_seed(0)
     model = init_weights(moderncnn.create_model(name, **recipe.model_kwargs)).to(device)
@@ -58,12 +60,13 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
         speed["amp_dtype"] = None
     if channels_last is not None:
         speed["channels_last"] = channels_last
+    # fit() stacks rows under autocast only (measured there); an explicit request is taken as it is
+    rows = speed["row_stacked"] and speed["amp_dtype"] is not None if row_stacked is None else row_stacked
     graph = _use_cuda_graph(cuda_graph, speed["cuda_graph"], device, recipe, World(), compile)  # as fit() decides
     if speed["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    if speed["row_stacked"] and speed["amp_dtype"] is not None:  # as fit() does
+    if rows:
         use_row_stacked(model, speed["channels_last"])
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # as fit() does; the book's loop does not
     if compile:
         torch._dynamo.reset()  # each timing compiles afresh; many models would otherwise hit dynamo's cache limit
     net = compiled(model, compile, device)
@@ -72,10 +75,21 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
                            amp_dtype=speed["amp_dtype"], cuda_graph=recipe.batch_size if graph else None)
     loader = DeviceLoader(data, recipe.batch_size, device=device, shuffle=True, drop_last=True,
                           resize=recipe.resize, channels_last=speed["channels_last"])
-    if graph:  # the graph's capture is part of the warm-up, not of the timed steps
+    settings = {"amp": str(speed["amp_dtype"]), "channels_last": speed["channels_last"], "row_stacked": rows,
+                "compile": compile, "cuda_graph": graph}
+    return step, loader, settings
+
+
+def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: int, compile: str | None = None,
+                   amp: bool = True, channels_last: bool | None = None, cuda_graph: bool | None = None,
+                   row_stacked: bool | None = None) -> tuple[float, float, dict]:
+    """(examples/sec over the timed batches, seconds the warm-up took: compilation included, the settings)."""
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as fit() does; the book's loop does not
+    begin = time.perf_counter()
+    step, loader, settings = build_step(name, data, device, compile, amp, channels_last, cuda_graph, row_stacked)
+    if settings["cuda_graph"]:  # the graph's capture is part of the warm-up, not of the timed steps
         warmup = max(warmup, step.warmup + 1)
     it = endless(loader)
-    begin = time.perf_counter()
     for i in range(warmup + batches):
         if i == warmup:
             sync(device)
@@ -83,7 +97,8 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
         step(*next(it))
     sync(device)
     torch.backends.cudnn.benchmark = False
-    return batches * recipe.batch_size / (time.perf_counter() - start), start - begin
+    settings["cuda_graph_failed"] = getattr(step, "failed", None)
+    return batches * loader.batch_size / (time.perf_counter() - start), start - begin, settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,7 +164,7 @@ def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, co
                 del loader, ref_model
             runs["moderncnn"].append(time_moderncnn(name, data, device, batches, args.warmup, **opts)[0])
             if compile_mode:
-                rate, warm = time_moderncnn(name, data, device, batches, args.warmup, compile=compile_mode, **opts)
+                rate, warm, _ = time_moderncnn(name, data, device, batches, args.warmup, compile=compile_mode, **opts)
                 runs["moderncnn_compile"].append(rate)
                 runs["compile_seconds"].append(warm)
         med = {k: statistics.median(v) for k, v in runs.items() if v}

@@ -157,7 +157,24 @@ def test_whole_runs_times_the_books_train_ch6_and_fit(tmp_path, capsys):
     assert table.splitlines()[-1].startswith("| lenet_bn | ")
 
 
+@needs_shared
+def test_step_variants_times_each_variant_and_profiles(tmp_path, capsys):
+    out = tmp_path / "variants.json"
+    script("step_variants").main(["--data-dir", str(SHARED), "--models", "lenet", "--variants", "default,fp32+nocl",
+                                  "--batches", "2", "--warmup", "1", "--profile", "1", "--top", "3",
+                                  "--device", "cpu", "--json", str(out)])
+    result = json.loads(out.read_text())
+    default, fp32 = result["results"]
+    assert default["variant"] == "default" and default["amp"] == "torch.bfloat16" and default["row_stacked"]
+    assert fp32["variant"] == "fp32+nocl" and fp32["amp"] == "None" and fp32["channels_last"] is False
+    assert default["examples_per_sec"] > 0 and fp32["examples_per_sec"] > 0
+    (profile,) = result["profiles"]
+    assert profile.startswith("## lenet: 1 eager steps of batch 256") and len(profile.splitlines()) == 4
+    assert capsys.readouterr().out.splitlines()[-1].startswith("| lenet | ")
+
+
 @pytest.mark.parametrize("name, args, message", [
+    ("step_variants", ["--variants", "default,fast"], "step_variants.py: error: unknown variant option 'fast'"),
     ("whole_runs", ["--models", "lenet,nosuch"], "whole_runs.py: error: unknown model 'nosuch'"),
     ("bench_throughput", ["--models", "lenet,nosuch"], "bench_throughput.py: error: unknown model 'nosuch'"),
     ("cpu_row_stacked", ["--models", "nosuch"], "cpu_row_stacked.py: error: unknown model 'nosuch'"),

@@ -30,6 +30,18 @@ def test_same_outputs_and_gradients_as_conv2d(kernel, stride, padding, size, cha
     assert rows(x).is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_same_outputs_and_gradients_on_cuda(channels_last):  # the CUDA default too
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 8, 11, 4, 1).double().cuda()
+    rows = nn.Conv2d(1, 8, 11, 4, 1).double().cuda()
+    rows.load_state_dict(conv.state_dict())
+    use_row_stacked(rows, channels_last)
+    x = torch.randn(3, 1, 35, 35, dtype=torch.float64, device="cuda", requires_grad=True)
+    assert_same_as_conv2d(rows, conv, x)
+
+
 def test_only_plain_single_channel_convolutions_are_converted():
     keep = [nn.Conv2d(3, 4, 3), nn.Conv2d(1, 4, (1, 5)), nn.Conv2d(1, 4, 3, dilation=2),
             nn.Conv2d(1, 4, 3, padding="same"), nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"),

@@ -687,10 +687,11 @@ def test_cuda_graph_only_where_it_applies(data28, tmp_path):
     cuda, one, book = torch.device("cuda"), World(0, 1, 0), get_recipe("lenet", "book")
     assert _use_cuda_graph(None, True, cuda, book, one, None)
     assert not _use_cuda_graph(False, True, cuda, book, one, None)
+    assert _use_cuda_graph(None, True, cuda, book, one, "default")  # the compiled step, replayed whole
     # a per-step lr schedule, several processes or torch.compile: off by default, an error when asked for
     for recipe, world, mode, why in [(get_recipe("lenet", "modern"), one, None, "freeze the onecycle schedule's lr"),
                                      (book, World(0, 2, 0), None, "for one process"),
-                                     (book, one, "default", "replays the eager step")]:
+                                     (book, one, "reduce-overhead", "replays its own CUDA graphs")]:
         assert not _use_cuda_graph(None, True, cuda, recipe, world, mode)
         with pytest.raises(ValueError, match=f"--cuda-graph cannot be used here: it .*{why}.*; leave it out"):
             _use_cuda_graph(True, True, cuda, recipe, world, mode)
@@ -725,6 +726,16 @@ def test_cuda_graph_training_matches_eager(model, data28, tmp_path):
             torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
     else:
         assert all(math.isfinite(h["loss"]) for h in graphed.history)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_cuda_run_replays_the_compiled_step_as_one_graph(data28, tmp_path):
+    result = fit("lenet_bn", "book", tmp_path / "run", train_data=data28[0], test_data=data28[1], compile=True,
+                 **dict(FAST, batch_size=24, lr=0.1, device="cuda"))
+    speed = json.loads((tmp_path / "run" / "run.json").read_text())["speed"]
+    assert speed["compile"] == "default" and speed["cuda_graph"] is True and "cuda_graph_failed" not in speed
+    assert [h["examples"] for h in result.history] == [128, 128]
+    assert all(math.isfinite(h["loss"]) and h["train_acc"] > 0 for h in result.history)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -251,14 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the model (the first epoch's compilation is not counted in ex/s)")
     g.add_argument("--compile-mode", choices=COMPILE_MODES, metavar="MODE",
                    help="torch.compile in MODE, implies --compile: " + ", ".join(COMPILE_MODES)
-                        + " (reduce-overhead replays CUDA graphs: for small models on a GPU)")
+                        + " (on a GPU the default mode's step is replayed as one CUDA graph; reduce-overhead "
+                          "and max-autotune make their own graphs instead)")
     g.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast on cuda and cpu)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: what measured fastest for the device and model; "
                         "docs/benchmarks.md)")
     g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay each step (forward, backward, update) as one CUDA graph (default: on for one "
-                        "CUDA process without --compile or an lr schedule)")
+                        "CUDA process without an lr schedule, with --compile too unless its mode makes its own "
+                        "graphs: reduce-overhead, max-autotune)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bar or per-epoch lines (the final result is still printed)")
     p.set_defaults(func=cmd_train)

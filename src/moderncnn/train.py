@@ -142,9 +142,11 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
         # H100, book recipes, the step as one CUDA graph (cudagraph.py; LeNet 130k -> 650k ex/s) with
         # cudnn.benchmark: bf16 makes AlexNet 1.4x and VGG 1.3x faster than fp32, ResNet and DenseNet even;
         # channels_last then makes ResNet 1.9x, DenseNet 1.7x, BN LeNet 1.8x, GoogLeNet 1.2x and the 224-pixel
-        # models 1.1x faster, LeNet 8% slower (docs/benchmarks.md).
+        # models 1.1x faster, LeNet 8% slower. Single-channel convolutions over stacked rows replace cuDNN's
+        # slow single-channel kernel: AlexNet 1.21x, NiN 1.18x, VGG 1.10x, ResNet 1.09x, DenseNet 1.07x,
+        # GoogLeNet 1.03x (docs/benchmarks.md).
         return {"amp_dtype": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
-                "channels_last": True, "row_stacked": False, "cuda_graph": True}
+                "channels_last": True, "row_stacked": True, "cuda_graph": True}
     if device.type == "cpu":
         # 2-core Xeon with AMX-bf16, book recipes, bf16 step: channels_last makes GoogLeNet 2.0x, DenseNet
         # 1.6x and LeNet 1.4x faster, AlexNet and ResNet even, but the BN LeNets 2.3x slower: PyTorch's CPU
@@ -433,9 +435,9 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     dataset from ``data_dir``/$MODERNCNN_DATA/the cache (downloaded if allowed). ``out_dir``: a run directory
     for checkpoints, metrics and curves (None: nothing written, no resume). ``amp``/``channels_last``:
     None picks the device's default (:func:`default_speed`). ``compile``: True or a ``torch.compile`` mode
-    (:data:`COMPILE_MODES`; ``"reduce-overhead"`` replays CUDA graphs, for launch-bound small models).
-    ``cuda_graph``: replay each full batch's whole step (forward, backward, update) as one CUDA graph; None:
-    on for CUDA where it applies (one process, no lr schedule, no ``compile``). A built model is re-initialised
+    (:data:`COMPILE_MODES`). ``cuda_graph``: replay each full batch's whole step (forward, backward, update)
+    as one CUDA graph, compiled or not; None: on for CUDA where it applies (one process, no lr schedule, no
+    compile mode that makes its own graphs: ``"reduce-overhead"``, ``"max-autotune"``). A built model is re-initialised
     when the recipe's ``init`` is ``"xavier"``, as ``train_ch6`` does; pass
     ``init="default"`` to keep its weights. ``init_from``: start from trained weights (a run directory, a
     ``.safetensors`` or a ``.pth`` state dict, e.g. torchvision's) after the recipe's init: fine-tuning,
@@ -557,14 +559,16 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
         torch.manual_seed(seed + 1_000_003 * world.rank + 7919 * start)  # dropout: other draws on each process
 
     loss_fn = build_loss(recipe)
-    step = make_train_step(net, optimizer, loss_fn, amp_dtype=amp_dtype, scheduler=scheduler,
-                           cuda_graph=train_loader.share(recipe.batch_size) if graphed else None)
+    graph_size = train_loader.share(recipe.batch_size) if graphed else None
+    step = graphed_step = make_train_step(net, optimizer, loss_fn, amp_dtype=amp_dtype, scheduler=scheduler,
+                                          cuda_graph=None if compile_mode else graph_size)
     if compile_mode is not None:
         # one graph, for the full batch: the epoch's last, smaller batch runs eagerly, because a second graph
-        # for it costs 10-20 s of compilation on the CPU (LeNet, BN LeNet, empty cache) to save milliseconds
-        full = make_train_step(compiled(net, compile_mode, device), optimizer, loss_fn, amp_dtype=amp_dtype,
-                               scheduler=scheduler)
-        step = _by_batch_size(train_loader.share(recipe.batch_size), full, step)
+        # for it costs 10-20 s of compilation on the CPU (LeNet, BN LeNet, empty cache) to save milliseconds.
+        # On CUDA the compiled step is replayed as one CUDA graph too, the optimizer's update included.
+        graphed_step = make_train_step(compiled(net, compile_mode, device), optimizer, loss_fn, amp_dtype=amp_dtype,
+                                       scheduler=scheduler, cuda_graph=graph_size)
+        step = _by_batch_size(train_loader.share(recipe.batch_size), graphed_step, step)
     if writes is not None:
         write_run_json(writes.run_json, meta)
     if not quiet:
@@ -594,8 +598,8 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
                                   tqdm=tqdm, classes=list(train_data.classes))
             if scheduler is not None:
                 record["lr"] = scheduler.get_last_lr()[0]
-            if getattr(step, "failed", None):  # the capture failed (GraphedStep warned): the run went on eagerly
-                meta["speed"].update(cuda_graph=False, cuda_graph_failed=step.failed)
+            if getattr(graphed_step, "failed", None):  # the capture failed (GraphedStep warned): it went on eagerly
+                meta["speed"].update(cuda_graph=False, cuda_graph_failed=graphed_step.failed)
             history.append(record)
             meta["epochs_done"] = epoch + 1
             if writes is not None:
@@ -712,11 +716,15 @@ def _use_cuda_graph(requested: bool | None, default: bool, device: torch.device,
     obstacle = ("it needs a CUDA device" if device.type != "cuda" else
                 f"it would freeze the {recipe.schedule} schedule's lr" if recipe.schedule != "constant" else
                 "it is for one process, not torchrun" if world.distributed else
-                "it replays the eager step (--compile-mode reduce-overhead replays compiled graphs)"
-                if compile_mode is not None else None)
+                f"it clashes with --compile-mode {compile_mode}, which replays its own CUDA graphs"
+                if compile_mode in _GRAPHING_MODES else None)
     if requested and obstacle:
         raise ValueError(f"--cuda-graph cannot be used here: {obstacle}; leave it out")
     return (default if requested is None else requested) and obstacle is None
+
+
+# torch.compile modes that capture CUDA graphs themselves: the whole step cannot also be one
+_GRAPHING_MODES = ("reduce-overhead", "max-autotune")
 
 
 def _by_batch_size(size: int, full: TrainStep, other: TrainStep) -> TrainStep:
