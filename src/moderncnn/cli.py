@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .distributed import world_from_env
 from .train import COMPILE_MODES
 
 
@@ -345,6 +346,25 @@ def _report(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None and _under_torchrun():
+        # a torchrun process whose work is done and saved ends here, without the interpreter's teardown: in it,
+        # one gloo process in ~25 aborted ("terminate called without an active exception", after the process
+        # group was destroyed; 2 CPU processes, torch 2.14), and torchrun then fails the whole run
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _under_torchrun() -> bool:
+    try:
+        return world_from_env().distributed
+    except ValueError:  # malformed RANK/WORLD_SIZE: _main has reported it
+        return False
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
