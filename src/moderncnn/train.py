@@ -437,8 +437,8 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     None picks the device's default (:func:`default_speed`). ``compile``: True or a ``torch.compile`` mode
     (:data:`COMPILE_MODES`). ``cuda_graph``: replay each full batch's whole step (forward, backward, update)
     as one CUDA graph, compiled or not; None: on for CUDA where it applies (one process, no lr schedule, no
-    compile mode that makes its own graphs: ``"reduce-overhead"``, ``"max-autotune"``). A built model is re-initialised
-    when the recipe's ``init`` is ``"xavier"``, as ``train_ch6`` does; pass
+    compile mode that makes its own graphs: ``"reduce-overhead"``, ``"max-autotune"``). A built model is
+    re-initialised when the recipe's ``init`` is ``"xavier"``, as ``train_ch6`` does; pass
     ``init="default"`` to keep its weights. ``init_from``: start from trained weights (a run directory, a
     ``.safetensors`` or a ``.pth`` state dict, e.g. torchvision's) after the recipe's init: fine-tuning,
     with a classifier for another number of classes left at the recipe's init (see
@@ -559,7 +559,8 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
         torch.manual_seed(seed + 1_000_003 * world.rank + 7919 * start)  # dropout: other draws on each process
 
     loss_fn = build_loss(recipe)
-    graph_size = train_loader.share(recipe.batch_size) if graphed else None
+    full = train_loader.share(recipe.batch_size)  # this process's examples of a full batch
+    graph_size = full if graphed else None
     step = graphed_step = make_train_step(net, optimizer, loss_fn, amp_dtype=amp_dtype, scheduler=scheduler,
                                           cuda_graph=None if compile_mode else graph_size)
     if compile_mode is not None:
@@ -568,7 +569,7 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
         # On CUDA the compiled step is replayed as one CUDA graph too, the optimizer's update included.
         graphed_step = make_train_step(compiled(net, compile_mode, device), optimizer, loss_fn, amp_dtype=amp_dtype,
                                        scheduler=scheduler, cuda_graph=graph_size)
-        step = _by_batch_size(train_loader.share(recipe.batch_size), graphed_step, step)
+        step = _by_batch_size(full, graphed_step, step)
     if writes is not None:
         write_run_json(writes.run_json, meta)
     if not quiet:
