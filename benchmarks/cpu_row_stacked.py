@@ -20,16 +20,16 @@ convolutions over stacked rows on the CPU (with bf16) because of these figures (
 from __future__ import annotations
 
 import argparse
-import time
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from _cli import model_names
-from moderncnn import create_model
+from _timing import book_model_and_batch, round_robin
 from moderncnn.layers.rowconv import row_stackable, restore_conv2d, use_row_stacked
-from moderncnn.recipes import BOOK_RECIPES, get_recipe
-from moderncnn.train import build_loss, build_optimizer, compiled, default_speed, init_weights, make_train_step
+from moderncnn.recipes import BOOK_RECIPES
+from moderncnn.train import build_loss, build_optimizer, compiled, make_train_step
 
 
 def _stem_ms(step, x, y, stem: nn.Conv2d) -> float:
@@ -62,17 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     device = torch.device("cpu")
     for name in model_names(args.models):
-        recipe = get_recipe(name, "book")
-        torch.manual_seed(0)
-        model = init_weights(create_model(name, num_classes=10, in_channels=1, **recipe.model_kwargs))
-        speed = default_speed(device, model, compiled=args.compile)
-        cl = speed["channels_last"]
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
-        size = recipe.resize or 28
-        x = torch.rand(recipe.batch_size, 1, size, size)
-        x = x.contiguous(memory_format=torch.channels_last) if cl else x
-        y = torch.randint(0, 10, (recipe.batch_size,))
+        recipe, model, speed, x, y = book_model_and_batch(name, args.compile)
+        cl, size = speed["channels_last"], x.shape[-1]
         optimizer = build_optimizer(model, recipe, device)
         loss_fn = build_loss(recipe)
         variants = {"plain": None, "rows": cl, "rows-other": not cl}
@@ -80,23 +71,14 @@ def main(argv: list[str] | None = None) -> None:
         step = make_train_step(compiled(model, "default" if args.compile else None, device), optimizer, loss_fn,
                                amp_dtype=speed["amp_dtype"])
 
-        def run(variant: str, n: int) -> float:
-            converted = use_row_stacked(model, variants[variant]) if variants[variant] is not None else []
-            try:
-                t = time.perf_counter()
-                for _ in range(n):
-                    step(x, y)
-                return (time.perf_counter() - t) / n * 1e3
-            finally:
-                restore_conv2d(converted)
+        def switch(variant: str) -> Callable[[], Callable[[], None]]:
+            def to() -> Callable[[], None]:
+                converted = use_row_stacked(model, variants[variant]) if variants[variant] is not None else []
+                return lambda: restore_conv2d(converted)
+            return to
 
-        n = args.steps or (8 if size <= 32 else 1)
-        for variant in variants:
-            run(variant, 2)
-        times: dict[str, list[float]] = {v: [] for v in variants}
-        for _ in range(args.rounds):
-            for variant in variants:
-                times[variant].append(run(variant, n))
+        times = round_robin(step, x, y, {v: switch(v) for v in variants}, args.rounds,
+                            args.steps or (8 if size <= 32 else 1))
         model.eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             plain = model(x[:8]).float()

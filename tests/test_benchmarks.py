@@ -141,6 +141,15 @@ def test_row_stacked_experiment_runs(capsys):
     assert "stem alone (profiled): plain" in line
 
 
+def test_patch_pool_experiment_runs(capsys):
+    experiments = script("cpu_patch_pool")
+    experiments.main(["--models", "lenet,googlenet", "--rounds", "1", "--steps", "1"])
+    lenet, googlenet = capsys.readouterr().out.strip().splitlines()
+    assert lenet.startswith("lenet (batch 256, 28 px, bf16, channels_last True, 2 pooling layers): plain ")
+    assert lenet.endswith("max |gradient difference| 0.0e+00")  # the same numbers, computed otherwise
+    assert googlenet == "googlenet: no average pooling over non-overlapping patches"
+
+
 @needs_shared
 def test_whole_runs_times_the_books_train_ch6_and_fit(tmp_path, capsys):
     out = tmp_path / "whole.json"

@@ -508,6 +508,20 @@ def test_cpu_stem_over_stacked_rows_with_bf16_only_and_the_model_returned_plain(
         seen.clear()
 
 
+def test_cpu_pooling_with_the_matmul_backward_and_the_model_returned_plain(data28):
+    from moderncnn.layers import PatchAvgPool2d
+
+    model = create_model("lenet", num_classes=4)
+    pools = [m for m in model.modules() if isinstance(m, nn.AvgPool2d)]
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(type(m))) for m in pools]
+    result = fit(model, "book", None, train_data=data28[0], test_data=data28[1], **FAST)
+    for hook in hooks:
+        hook.remove()
+    assert result.metadata["speed"]["patch_pool"] is True
+    assert PatchAvgPool2d in set(seen) and all(type(m) is nn.AvgPool2d for m in pools)
+
+
 def test_final_lines_in_the_books_format():
     final = {"loss": 0.4691, "train_acc": 0.8234, "test_acc": 0.779, "examples_per_sec": 55297.41, "device": "cuda:0"}
     text = format_final(final, get_recipe("lenet"))
@@ -610,11 +624,15 @@ def test_predict_a_folder_in_batches(tmp_path):
 def test_default_speed_follows_the_measurements(name, cpu_channels_last):
     from moderncnn.train import default_speed
 
-    cpu = default_speed(torch.device("cpu"), create_model(name))
+    model = create_model(name)
+    cpu = default_speed(torch.device("cpu"), model)
     assert cpu == {"amp_dtype": torch.bfloat16, "channels_last": cpu_channels_last, "row_stacked": True,
-                   "cuda_graph": False}
+                   "patch_pool": True, "cuda_graph": False}
+    # compiled, the pooling's backward as a matmul splits it from a batch norm's backward: slower there
+    compiled = default_speed(torch.device("cpu"), model, compiled=True)
+    assert compiled["channels_last"] and compiled["patch_pool"] is (name in ("lenet", "googlenet"))
     assert default_speed(torch.device("meta")) == {"amp_dtype": None, "channels_last": False, "row_stacked": False,
-                                                   "cuda_graph": False}
+                                                   "patch_pool": False, "cuda_graph": False}
 
 
 def test_compile_modes():

@@ -38,7 +38,7 @@ from .cudagraph import GraphedStep, TrainStep
 from .distributed import (World, all_sum, broadcast_buffers, join, leave, local_device, main_first, on_main,
                           world_from_env)
 from .evaluate import autocast, evaluate, select_device
-from .layers import BatchNorm, restore_conv2d, use_row_stacked
+from .layers import BatchNorm, restore_avg_pool2d, restore_conv2d, use_patch_pool, use_row_stacked
 from .recipes import BOOK_FIGURES, BOOK_RECIPES, Recipe, get_recipe
 from .registry import get_model_builder
 
@@ -146,7 +146,7 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
         # slow single-channel kernel: AlexNet 1.21x, NiN 1.18x, VGG 1.10x, ResNet 1.09x, DenseNet 1.07x,
         # GoogLeNet 1.03x (docs/benchmarks.md).
         return {"amp_dtype": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
-                "channels_last": True, "row_stacked": True, "cuda_graph": True}
+                "channels_last": True, "row_stacked": True, "patch_pool": False, "cuda_graph": True}
     if device.type == "cpu":
         # 2-core Xeon with AMX-bf16, book recipes, bf16 step: channels_last makes GoogLeNet 2.0x, DenseNet
         # 1.6x and LeNet 1.4x faster, AlexNet and ResNet even, but the BN LeNets 2.3x slower: PyTorch's CPU
@@ -154,9 +154,13 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
         # is generated code and that exception goes: channels_last makes the compiled BN LeNet ~1.2x faster
         # (the from-scratch one ~5% slower). Single-channel convolutions (the stem, for grey images) over
         # stacked rows: the compiled LeNets' steps 8-17% faster, AlexNet's stem 249 -> 56 ms (bf16, profiled).
+        # Average pooling's backward as a matmul (layers/patchpool.py): LeNet 1.23x compiled, 1.20x eager,
+        # DenseNet 1.17x eager; compiled it splits the pooling's backward from a batch norm's, which the
+        # compiler fuses otherwise: the compiled BN LeNets 0.88-0.91x, so not there.
         return {"amp_dtype": torch.bfloat16, "channels_last": compiled or model is None or not _has_narrow_norm(model),
-                "row_stacked": True, "cuda_graph": False}
-    return {"amp_dtype": None, "channels_last": False, "row_stacked": False, "cuda_graph": False}
+                "row_stacked": True, "patch_pool": not (compiled and model is not None and _has_norm(model)),
+                "cuda_graph": False}
+    return {"amp_dtype": None, "channels_last": False, "row_stacked": False, "patch_pool": False, "cuda_graph": False}
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -200,6 +204,10 @@ def compiled(model: nn.Module, mode: str | None, device: torch.device | None = N
 def _has_narrow_norm(model: nn.Module, narrow: int = 32) -> bool:
     return any(getattr(m, "num_features", narrow) < narrow for m in model.modules()
                if isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchNorm)))
+
+
+def _has_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchNorm)) for m in model.modules())
 
 
 def _sync(device: torch.device) -> None:
@@ -520,7 +528,8 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
 
     meta = _run_metadata(name, recipe, seed, train_data, test_data, normalize, device, command,
                          speed={"amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
-                                "channels_last": use_cl, "row_stacked": row_stacked, "compile": compile_mode or False,
+                                "channels_last": use_cl, "row_stacked": row_stacked, "patch_pool": speed["patch_pool"],
+                                "compile": compile_mode or False,
                                 "cuda_graph": graphed})
     meta["init_from"] = pretrained
     meta["processes"] = world.size
@@ -590,6 +599,7 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
         # fixed batch shapes: pick the fastest conv kernels once; the caller's setting is back after fit
         torch.backends.cudnn.benchmark = True
     stacked = use_row_stacked(model, use_cl) if row_stacked else []  # plain nn.Conv2d again after fit
+    pooled = use_patch_pool(model) if speed["patch_pool"] else []  # and plain nn.AvgPool2d
     try:
         for epoch in range(start, recipe.epochs):
             # the test pass (forward only, a sixth of the training images) runs eagerly: compiled, it would
@@ -631,6 +641,7 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
         restore_conv2d(stacked)
+        restore_avg_pool2d(pooled)
 
     model.eval()
     final = _summary(history, _where(world, device)) if history else {}

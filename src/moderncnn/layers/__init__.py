@@ -2,7 +2,8 @@
 
 from .batchnorm import BatchNorm, batch_norm
 from .lrn import LocalResponseNorm
+from .patchpool import PatchAvgPool2d, patch_poolable, restore_avg_pool2d, use_patch_pool
 from .rowconv import RowStackedConv2d, restore_conv2d, row_stackable, use_row_stacked
 
 __all__ = ["BatchNorm", "batch_norm", "LocalResponseNorm", "RowStackedConv2d", "row_stackable", "use_row_stacked",
-           "restore_conv2d"]
+           "restore_conv2d", "PatchAvgPool2d", "patch_poolable", "use_patch_pool", "restore_avg_pool2d"]

@@ -1,0 +1,53 @@
+"""Variants of one train step timed in turns in one process, so that this machine's drift (up to 2x from one
+minute to the next) hits every variant alike."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+
+def round_robin(step: Callable, x, y, variants: dict[str, Callable[[], Callable[[], None]]], rounds: int,
+                steps: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Milliseconds a step for each variant, one figure per round. ``variants`` maps a name to a function that
+    switches the model to that variant and returns the function that switches it back."""
+
+    def run(variant: str, n: int) -> float:
+        undo = variants[variant]()
+        try:
+            t = time.perf_counter()
+            for _ in range(n):
+                step(x, y)
+            return (time.perf_counter() - t) / n * 1e3
+        finally:
+            undo()
+
+    for variant in variants:  # compiled, each variant's first steps compile its graph
+        run(variant, warmup)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            times[variant].append(run(variant, steps))
+    return times
+
+
+def book_model_and_batch(name: str, compiled: bool = False):
+    """``name``'s model for its book recipe as the trainer sets it up on the CPU (init, channels_last as
+    ``default_speed`` picks it), and a batch of random grey images at the recipe's size: (recipe, model, speed,
+    x, y)."""
+    import torch
+
+    from moderncnn import create_model
+    from moderncnn.recipes import get_recipe
+    from moderncnn.train import default_speed, init_weights
+
+    recipe = get_recipe(name, "book")
+    torch.manual_seed(0)
+    model = init_weights(create_model(name, num_classes=10, in_channels=1, **recipe.model_kwargs))
+    speed = default_speed(torch.device("cpu"), model, compiled=compiled)
+    size = recipe.resize or 28
+    x = torch.rand(recipe.batch_size, 1, size, size)
+    if speed["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return recipe, model, speed, x, torch.randint(0, 10, (recipe.batch_size,))
