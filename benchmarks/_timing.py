@@ -51,3 +51,21 @@ def book_model_and_batch(name: str, compiled: bool = False):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     return recipe, model, speed, x, torch.randint(0, 10, (recipe.batch_size,))
+
+
+def round_robin_steps(steps: dict[str, Callable], x, y, rounds: int, per_round: int) -> dict[str, list[float]]:
+    """Milliseconds a step for each of several train steps (already warmed up), one figure per round."""
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            t = time.perf_counter()
+            for _ in range(per_round):
+                step(x, y)
+            times[name].append((time.perf_counter() - t) / per_round * 1e3)
+    return times
+
+
+def print_quartiles(prefix: str, times: dict[str, list[float]]) -> None:
+    for name, ts in times.items():
+        ts = sorted(ts)
+        print(f"{prefix} {name}: first quartile {ts[len(ts) // 4]:.2f} ms, median {ts[len(ts) // 2]:.2f} ms")

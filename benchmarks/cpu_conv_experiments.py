@@ -20,7 +20,6 @@ this machine's drift hits every variant alike, for:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch._inductor.config as inductor_config
@@ -28,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from _timing import print_quartiles, round_robin_steps
 from moderncnn import create_model
 from moderncnn.train import init_weights, make_train_step
 
@@ -159,17 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         with inductor_config.patch(cpp_wrapper=name == "cpp_wrapper"):  # read when the graphs compile
             for _ in range(3):
                 steps[name](x, y)
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            t = time.perf_counter()
-            for _ in range(4):
-                step(x, y)
-            times[name].append((time.perf_counter() - t) / 4 * 1e3)
-    for name, ts in times.items():
-        ts.sort()
-        print(f"{args.model} {'eager' if args.eager else 'compiled'} {name}: "
-              f"first quartile {ts[len(ts) // 4]:.2f} ms, median {ts[len(ts) // 2]:.2f} ms")
+    times = round_robin_steps(steps, x, y, args.rounds, per_round=4)
+    print_quartiles(f"{args.model} {'eager' if args.eager else 'compiled'}", times)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
@@ -10,12 +11,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn as nn
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared Fashion-MNIST copy not present")
 
 
+@functools.cache  # once: a script that registers custom ops could not register them twice
 def script(name: str):
     sys.path.insert(0, str(BENCH))  # the scripts import each other as top-level modules
     try:
@@ -139,6 +143,38 @@ def test_row_stacked_experiment_runs(capsys):
     assert line.startswith("lenet (batch 256, 28 px")
     assert float(line.split("max |output difference| ")[1].split(";")[0]) < 0.05  # bf16 rounding at most
     assert "stem alone (profiled): plain" in line
+
+
+def test_batch_norm_experiment_runs(capsys):
+    experiments = script("cpu_bn_experiments")
+    experiments.main(["--eager", "--rounds", "1", "--variants", "plain,eager_op,matmul_stats,dynamic_threads"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "lenet_bn eager plain", "lenet_bn eager eager_op", "lenet_bn eager matmul_stats"]  # settings: compiled only
+    with pytest.raises(ValueError, match="unknown variant 'fast'"):
+        experiments.main(["--variants", "plain,fast"])
+
+
+@pytest.mark.parametrize("how", ["eager_op", "matmul_stats"])
+def test_batch_norm_experiments_compute_batch_norm(how):
+    experiments = script("cpu_bn_experiments")
+    torch.manual_seed(0)
+    plain = nn.BatchNorm2d(6).double()
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5)
+        plain.bias.uniform_(-1, 1)
+    ours = nn.BatchNorm2d(6).double()
+    ours.load_state_dict(plain.state_dict())
+    experiments.variant(nn.Sequential(ours), how)
+    x = (torch.randn(4, 6, 6, 8, dtype=torch.float64) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    y = plain(x)
+    grad = torch.randn_like(y)
+    torch.testing.assert_close(ours(x), y)
+    for a, b in zip(torch.autograd.grad(ours(x), (x, ours.weight, ours.bias), grad),
+                    torch.autograd.grad(plain(x), (x, plain.weight, plain.bias), grad)):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ours.running_var, plain.running_var)
 
 
 def test_patch_pool_experiment_runs(capsys):
