@@ -154,9 +154,9 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
         # is generated code and that exception goes: channels_last makes the compiled BN LeNet ~1.2x faster
         # (the from-scratch one ~5% slower). Single-channel convolutions (the stem, for grey images) over
         # stacked rows: the compiled LeNets' steps 8-17% faster, AlexNet's stem 249 -> 56 ms (bf16, profiled).
-        # Average pooling's backward as a matmul (layers/patchpool.py): LeNet 1.23x compiled, 1.20x eager,
-        # DenseNet 1.17x eager; compiled it splits the pooling's backward from a batch norm's, which the
-        # compiler fuses otherwise: the compiled BN LeNets 0.88-0.91x, so not there.
+        # Average pooling's backward as a matmul (layers/patchpool.py): LeNet 1.23-1.27x compiled, 1.20-1.29x
+        # eagerly, BN LeNet 1.12-1.15x eagerly, DenseNet 1.03x; compiled, it splits the pooling's backward from a
+        # batch norm's, which the compiler fuses otherwise: the compiled BN LeNets 0.88-0.91x, so not there.
         return {"amp_dtype": torch.bfloat16, "channels_last": compiled or model is None or not _has_narrow_norm(model),
                 "row_stacked": True, "patch_pool": not (compiled and model is not None and _has_norm(model)),
                 "cuda_graph": False}

@@ -10,7 +10,7 @@ next (the sigmoid's backward). The forward is ``avg_pool2d`` itself, and the gra
 numbers: each output gradient divided by the window's area, as ``avg_pool2d`` rounds it, then copied.
 
 Inside a bf16 train step on the 2-core test machine (``python benchmarks/cpu_patch_pool.py [--compile]``,
-docs/benchmarks.md): LeNet 1.23-1.27x faster compiled and 1.26-1.29x eagerly, BN LeNet 1.12-1.15x eagerly;
+docs/benchmarks.md): LeNet 1.23-1.27x faster compiled and 1.20-1.29x eagerly, BN LeNet 1.12-1.15x eagerly;
 compiled, where the compiler would fuse the pooling's backward with a batch norm's, it is slower (0.88-0.91x),
 so the trainer leaves compiled models with batch norm alone.
 """
