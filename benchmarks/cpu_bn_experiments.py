@@ -12,6 +12,8 @@ stacked rows, batch 256) is timed round-robin, so that this machine's drift hits
   nothing fuses into worse loops) of ATen calls over a ``[N*H*W/8, 48]`` view, whose rows fill three vectors:
   statistics in fp32, two passes, and a backward of its own;
 - ``matmul_stats``: the per-channel sums as matrix products (extern kernels for the compiler), the rest generated;
+- ``view_stats``: the sums over the 48-wide rows, generated too, the normalisation in the tensor's own layout;
+- ``opaque_stats``: those sums as custom ops of ATen calls (one pass each), the rest generated;
 - inductor settings, each compiled with only that one changed: ``dynamic_threads``, ``aggressive_fusion``,
   ``no_split_reductions``, ``no_tiling``, ``no_horizontal_fusion``, ``max_fusion_1``, ``fp_contract``,
   ``realize_reads_1``.
@@ -44,7 +46,7 @@ SETTINGS = {
     "fp_contract": {"cpp.enable_floating_point_contract_flag": "fast"},
     "realize_reads_1": {"realize_reads_threshold": 1},
 }
-VARIANTS = ("plain", "eager_op", "matmul_stats", *SETTINGS)
+VARIANTS = ("plain", "eager_op", "matmul_stats", "view_stats", "opaque_stats", *SETTINGS)
 
 
 def _acc(x: Tensor) -> torch.dtype:
@@ -114,17 +116,51 @@ def _narrow_bn_grad(ctx, gy, _gmean, _gvar):
 narrow_bn.register_autograd(_narrow_bn_grad, setup_context=_save)
 
 
-class _MatmulStats(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        n, c, h, w = x.shape
-        p = n * h * w
+def _channel_sums(rows: Tensor, c: int) -> Tensor:
+    """Per-channel sums of a ``_rows`` view: down its columns (whole vectors), then its r pixels a row."""
+    return rows.sum(0).view(-1, c).sum(0)
+
+
+def _stats(x: Tensor, how: str) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and (biased) variance of channels_last ``x``, in fp32 (or float64)."""
+    n, c, h, w = x.shape
+    p = n * h * w
+    if how == "matmul_stats":  # extern matrix products, E[x^2] - mean^2
         xs = x.permute(0, 2, 3, 1).reshape(p, c).to(_acc(x))
         mean = (torch.ones(1, p, dtype=xs.dtype) @ xs)[0] / p
-        var = (torch.diagonal(xs.t() @ xs) / p - mean * mean).clamp_min(0)
+        return mean, (torch.diagonal(xs.t() @ xs) / p - mean * mean).clamp_min(0)
+    if how == "view_stats":  # generated sums over the 48-wide rows, two passes
+        xr = _rows(x).to(_acc(x))
+        mean = _channel_sums(xr, c) / p
+        return mean, _channel_sums((xr - mean.repeat(xr.shape[1] // c)) ** 2, c) / p
+    return channel_moments(x)
+
+
+def _sums(gy: Tensor, x: Tensor, mean: Tensor, how: str) -> tuple[Tensor, Tensor]:
+    """Per channel, the sums of ``gy`` and of ``gy * (x - mean)`` that batch norm's backward needs."""
+    n, c, h, w = x.shape
+    if how == "matmul_stats":
+        g = gy.permute(0, 2, 3, 1).reshape(-1, c).to(_acc(x))
+        xc = x.permute(0, 2, 3, 1).reshape(-1, c).to(_acc(x)) - mean
+        return (torch.ones(1, g.shape[0], dtype=g.dtype) @ g)[0], torch.diagonal(g.t() @ xc)
+    if how == "view_stats":
+        gr = _rows(gy.contiguous(memory_format=torch.channels_last)).to(_acc(x))
+        return _channel_sums(gr, c), _channel_sums(gr * (_rows(x).to(_acc(x)) - mean.repeat(gr.shape[1] // c)), c)
+    return channel_dots(gy, x, mean)
+
+
+class _StatsBN(torch.autograd.Function):
+    """Training batch norm whose statistics and backward sums are computed as ``how`` says; the normalisation
+    and the gradient in the tensor's own layout, for the compiler to fuse with the sigmoid and the pooling."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, how):
+        c = x.shape[1]
+        mean, var = _stats(x, how)
         invstd = torch.rsqrt(var + eps)
         scale, m = (weight.to(_acc(x)) * invstd).view(1, c, 1, 1), mean.view(1, c, 1, 1)
         ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.how = how
         return ((x.to(_acc(x)) - m) * scale + bias.to(_acc(x)).view(1, c, 1, 1)).to(x.dtype), mean, var
 
     @staticmethod
@@ -132,15 +168,45 @@ class _MatmulStats(torch.autograd.Function):
         x, weight, mean, invstd = ctx.saved_tensors
         n, c, h, w = x.shape
         p = n * h * w
-        g = gy.permute(0, 2, 3, 1).reshape(p, c).to(_acc(x))
-        xc = x.permute(0, 2, 3, 1).reshape(p, c).to(_acc(x)) - mean
-        sum_g = (torch.ones(1, p, dtype=g.dtype) @ g)[0]
-        sum_gd = torch.diagonal(g.t() @ xc)
-        a = weight.to(_acc(x)) * invstd
+        sum_g, sum_gd = _sums(gy, x, mean, ctx.how)
+        a = weight.to(_acc(x)) * invstd  # dx = a * gy - b * (x - mean) - a * mean(gy)
         b = a * invstd * invstd * sum_gd / p
         gx = (gy.to(_acc(x)) * a.view(1, c, 1, 1) - (x.to(_acc(x)) - mean.view(1, c, 1, 1)) * b.view(1, c, 1, 1)
               - (a * sum_g / p).view(1, c, 1, 1))
-        return gx.to(x.dtype), (sum_gd * invstd).to(weight.dtype), sum_g.to(weight.dtype), None
+        return gx.to(x.dtype), (sum_gd * invstd).to(weight.dtype), sum_g.to(weight.dtype), None, None
+
+
+@torch.library.custom_op("moderncnn_bench::channel_moments", mutates_args=())
+def channel_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and (biased) variance of channels_last ``x``: one pass each for the sums of ``x`` and
+    ``x * x`` over the 48-wide rows, accumulated in fp32 (the variance as E[x^2] - mean^2)."""
+    c = x.shape[1]
+    xr = _rows(x)
+    r, p = xr.shape[1] // c, xr.numel() // c
+    mean = torch.sum(xr, 0, dtype=_acc(x)).view(r, c).sum(0) / p
+    square = torch.sum(xr * xr, 0, dtype=_acc(x)).view(r, c).sum(0) / p
+    return mean, (square - mean * mean).clamp_min(0)
+
+
+@channel_moments.register_fake
+def _(x):
+    return x.new_empty(x.shape[1], dtype=_acc(x)), x.new_empty(x.shape[1], dtype=_acc(x))
+
+
+@torch.library.custom_op("moderncnn_bench::channel_dots", mutates_args=())
+def channel_dots(g: Tensor, x: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
+    """Per channel, the sum of ``g`` and of ``g * (x - mean)``: one pass each over the 48-wide rows."""
+    c = x.shape[1]
+    gr, xr = _rows(g.contiguous(memory_format=torch.channels_last)), _rows(x)
+    r = xr.shape[1] // c
+    sum_g = torch.sum(gr, 0, dtype=_acc(x)).view(r, c).sum(0)
+    sum_gx = torch.sum(gr * xr, 0, dtype=_acc(x)).view(r, c).sum(0)
+    return sum_g, sum_gx - mean * sum_g
+
+
+@channel_dots.register_fake
+def _(g, x, mean):
+    return torch.empty_like(mean), torch.empty_like(mean)
 
 
 class _Narrow(nn.BatchNorm2d):
@@ -156,7 +222,7 @@ class _Narrow(nn.BatchNorm2d):
             if self.how == "eager_op":
                 y, mean, var = narrow_bn(x, self.weight, self.bias, self.eps)
             else:
-                y, mean, var = _MatmulStats.apply(x, self.weight, self.bias, self.eps)
+                y, mean, var = _StatsBN.apply(x, self.weight, self.bias, self.eps, self.how)
         with torch.no_grad():
             p = x.numel() // x.shape[1]
             self.running_mean.lerp_(mean, self.momentum)
@@ -168,7 +234,7 @@ class _Narrow(nn.BatchNorm2d):
 def variant(model: nn.Module, name: str) -> nn.Module:
     # a class of its own: dynamo would otherwise give every variant the first one's compiled code
     model.__class__ = type(f"{type(model).__name__}_{name}", (type(model),), {})
-    if name in ("eager_op", "matmul_stats"):
+    if name in ("eager_op", "matmul_stats", "view_stats", "opaque_stats"):
         for m in model.modules():
             if type(m) is nn.BatchNorm2d and m.num_features < 16:
                 m.__class__ = type("NarrowBatchNorm2d", (_Narrow,), {"how": name})

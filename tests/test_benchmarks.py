@@ -155,7 +155,7 @@ def test_batch_norm_experiment_runs(capsys):
         experiments.main(["--variants", "plain,fast"])
 
 
-@pytest.mark.parametrize("how", ["eager_op", "matmul_stats"])
+@pytest.mark.parametrize("how", ["eager_op", "matmul_stats", "view_stats", "opaque_stats"])
 def test_batch_norm_experiments_compute_batch_norm(how):
     experiments = script("cpu_bn_experiments")
     torch.manual_seed(0)
