@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
                             args.steps or (8 if size <= 32 else 1))
         plain = _gradients(model, loss_fn, x[:32], y[:32], amp_dtype)
         use_patch_pool(model)
-        patch = _gradients(model, loss_fn, x[:32], y[:32], amp_dtype)
+        ours = _gradients(model, loss_fn, x[:32], y[:32], amp_dtype)
         restore_avg_pool2d(pools)
-        diff = max((a - b).abs().max().item() for a, b in zip(plain, patch))
+        diff = max((a - b).abs().max().item() for a, b in zip(plain, ours))
         stats = {v: (sorted(t)[len(t) // 2], sorted(t)[len(t) // 4]) for v, t in times.items()}
         print(f"{name} (batch {recipe.batch_size}, {size} px, {'bf16' if amp_dtype else 'fp32'}, channels_last {cl}"
               f"{', compiled' if args.compile else ''}, {len(pools)} pooling layers): "

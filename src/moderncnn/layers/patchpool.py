@@ -32,8 +32,7 @@ class _PatchAvgPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
         ctx.shape, ctx.window = x.shape, (kh, kw)
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last)
+        ctx.channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         return F.avg_pool2d(x, (kh, kw))
 
     @staticmethod
