@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import moderncnn  # noqa: E402
 from moderncnn.data import DeviceLoader, load_dataset  # noqa: E402
 from moderncnn.distributed import World  # noqa: E402
-from moderncnn.layers import use_patch_pool, use_row_stacked  # noqa: E402
+from moderncnn.layers import use_folded_bn, use_patch_pool, use_row_stacked  # noqa: E402
 from moderncnn.recipes import BOOK_RECIPES, get_recipe  # noqa: E402
 from moderncnn.train import (COMPILE_MODES, _use_cuda_graph, build_loss, build_optimizer, compiled,  # noqa: E402
                              default_speed, init_weights, make_train_step, select_device)
@@ -67,6 +67,8 @@ def build_step(name: str, data, device: torch.device, compile: str | None = None
         model = model.to(memory_format=torch.channels_last)
     if rows:
         use_row_stacked(model, speed["channels_last"])
+    if speed["fold_bn"]:
+        use_folded_bn(model)
     if speed["patch_pool"]:
         use_patch_pool(model)
     if compile:
@@ -78,7 +80,7 @@ def build_step(name: str, data, device: torch.device, compile: str | None = None
     loader = DeviceLoader(data, recipe.batch_size, device=device, shuffle=True, drop_last=True,
                           resize=recipe.resize, channels_last=speed["channels_last"])
     settings = {"amp": str(speed["amp_dtype"]), "channels_last": speed["channels_last"], "row_stacked": rows,
-                "patch_pool": speed["patch_pool"],
+                "fold_bn": speed["fold_bn"], "patch_pool": speed["patch_pool"],
                 "compile": compile, "cuda_graph": graph}
     return step, loader, settings
 

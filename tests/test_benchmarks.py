@@ -186,6 +186,17 @@ def test_patch_pool_experiment_runs(capsys):
     assert googlenet == "googlenet: no average pooling over non-overlapping patches"
 
 
+def test_fold_bn_experiment_runs(capsys):
+    experiments = script("cpu_fold_bn")
+    experiments.main(["--models", "lenet,lenet_bn", "--rounds", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "lenet: no batch norm after a single-channel convolution"
+    assert [line.split(":")[0] for line in lines[1:4]] == [
+        "lenet_bn (bf16) before", "lenet_bn (bf16) fold", "lenet_bn (bf16) fold_nchw"]
+    assert lines[4].startswith("lenet_bn: before/fold ")
+    assert float(lines[4].split("max relative gradient difference ")[1]) < 1e-12  # float64: rounding only
+
+
 @needs_shared
 def test_whole_runs_times_the_books_train_ch6_and_fit(tmp_path, capsys):
     out = tmp_path / "whole.json"
@@ -223,6 +234,7 @@ def test_step_variants_times_each_variant_and_profiles(tmp_path, capsys):
     ("whole_runs", ["--models", "lenet,nosuch"], "whole_runs.py: error: unknown model 'nosuch'"),
     ("bench_throughput", ["--models", "lenet,nosuch"], "bench_throughput.py: error: unknown model 'nosuch'"),
     ("cpu_row_stacked", ["--models", "nosuch"], "cpu_row_stacked.py: error: unknown model 'nosuch'"),
+    ("cpu_fold_bn", ["--models", "nosuch"], "cpu_fold_bn.py: error: unknown model 'nosuch'"),
     ("book_experiments", ["--data-dir", ".", "--models", "lenet,nosuch"],
      "book_experiments.py: error: unknown model 'nosuch'"),
     ("whole_runs", ["--data-dir", "/nonexistent"], "whole_runs.py: error: no folder /nonexistent: pass --data-dir"),

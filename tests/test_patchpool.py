@@ -9,8 +9,9 @@ import torch.nn as nn
 import moderncnn
 from moderncnn.layers import PatchAvgPool2d, patch_poolable, restore_avg_pool2d, use_patch_pool
 
-POOLED = [name for name in moderncnn.list_models()
-          if any(patch_poolable(m) for m in moderncnn.create_model(name, in_channels=1).modules())]
+with torch.device("meta"):  # the structure is all that is asked: no weights to draw
+    POOLED = [name for name in moderncnn.list_models()
+              if any(patch_poolable(m) for m in moderncnn.create_model(name, in_channels=1).modules())]
 
 
 def _outputs_and_gradients(pool: nn.Module, x: torch.Tensor, grad: torch.Tensor | None = None):

@@ -16,6 +16,7 @@ from moderncnn import create_model, list_models
 from moderncnn.checkpoint import load_checkpoint, load_pretrained, load_weights, save_weights, weights_epoch
 from moderncnn.data import ImageDataset
 from moderncnn.evaluate import evaluate, format_per_class, load_images, predict
+from moderncnn.layers import BatchNorm
 from moderncnn.models import ModelBase
 from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, MODERN_LR, OWN_VALUES, Recipe, get_recipe
 from moderncnn.train import (_fit_resize, build_optimizer, build_scheduler, compile_mode_of, fit, format_final,
@@ -522,6 +523,21 @@ def test_cpu_pooling_with_the_matmul_backward_and_the_model_returned_plain(data2
     assert PatchAvgPool2d in set(seen) and all(type(m) is nn.AvgPool2d for m in pools)
 
 
+@pytest.mark.parametrize("name", ["lenet_bn", "lenet_bn_scratch"])
+def test_cpu_batch_norm_folded_while_training_and_the_model_returned_plain(data28, name):
+    model = create_model(name, num_classes=4)
+    conv, bn = model[0], model[1]
+    kinds, buffers = [], {k: v.clone() for k, v in bn.state_dict().items()}
+    hook = conv.register_forward_hook(lambda m, args, out: kinds.append((type(m).__name__, type(bn).__name__)))
+    result = fit(model, "book", None, train_data=data28[0], test_data=data28[1], **FAST)
+    hook.remove()
+    assert result.metadata["speed"]["fold_bn"] is True
+    assert ("BNFoldedConv2d", f"BNFolded{type(bn).__name__}") in set(kinds)  # no stacked rows in fp32
+    assert type(conv) is nn.Conv2d and type(bn) in (nn.BatchNorm2d, BatchNorm) and "folded_bn" not in vars(conv)
+    # the folded path kept the running statistics
+    assert all(not torch.equal(v, bn.state_dict()[k]) for k, v in buffers.items())
+
+
 def test_final_lines_in_the_books_format():
     final = {"loss": 0.4691, "train_acc": 0.8234, "test_acc": 0.779, "examples_per_sec": 55297.41, "device": "cuda:0"}
     text = format_final(final, get_recipe("lenet"))
@@ -619,20 +635,21 @@ def test_predict_a_folder_in_batches(tmp_path):
         predict(model, files[:1], batch_size=0)
 
 
-@pytest.mark.parametrize("name, cpu_channels_last", [("lenet", True), ("googlenet", True), ("lenet_bn", False),
-                                                     ("lenet_bn_scratch", False), ("resnet18_book", True)])
-def test_default_speed_follows_the_measurements(name, cpu_channels_last):
+@pytest.mark.parametrize("name", ["lenet", "googlenet", "lenet_bn", "lenet_bn_scratch", "resnet18_book", "narrow"])
+def test_default_speed_follows_the_measurements(name):
     from moderncnn.train import default_speed
 
-    model = create_model(name)
+    # batch norm over 6 channels that cannot be folded (three input channels): NCHW eagerly
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6)) if name == "narrow" else create_model(name)
     cpu = default_speed(torch.device("cpu"), model)
-    assert cpu == {"amp_dtype": torch.bfloat16, "channels_last": cpu_channels_last, "row_stacked": True,
-                   "patch_pool": True, "cuda_graph": False}
-    # compiled, the pooling's backward as a matmul splits it from a batch norm's backward: slower there
+    assert cpu == {"amp_dtype": torch.bfloat16, "channels_last": name != "narrow", "row_stacked": True,
+                   "fold_bn": True, "patch_pool": True, "cuda_graph": False}
+    # compiled, the pooling's backward as a matmul splits it from a batch norm's backward: slower there, unless
+    # that batch norm is folded into its convolution
     compiled = default_speed(torch.device("cpu"), model, compiled=True)
-    assert compiled["channels_last"] and compiled["patch_pool"] is (name in ("lenet", "googlenet"))
+    assert compiled["channels_last"] and compiled["patch_pool"] is (name not in ("resnet18_book", "narrow"))
     assert default_speed(torch.device("meta")) == {"amp_dtype": None, "channels_last": False, "row_stacked": False,
-                                                   "patch_pool": False, "cuda_graph": False}
+                                                   "fold_bn": False, "patch_pool": False, "cuda_graph": False}
 
 
 def test_compile_modes():

@@ -38,7 +38,8 @@ from .cudagraph import GraphedStep, TrainStep
 from .distributed import (World, all_sum, broadcast_buffers, join, leave, local_device, main_first, on_main,
                           world_from_env)
 from .evaluate import autocast, evaluate, select_device
-from .layers import BatchNorm, restore_avg_pool2d, restore_conv2d, use_patch_pool, use_row_stacked
+from .layers import (BatchNorm, foldable_pairs, restore_avg_pool2d, restore_conv2d, restore_folded_bn, use_folded_bn,
+                     use_patch_pool, use_row_stacked)
 from .recipes import BOOK_FIGURES, BOOK_RECIPES, Recipe, get_recipe
 from .registry import get_model_builder
 
@@ -146,7 +147,7 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
         # slow single-channel kernel: AlexNet 1.21x, NiN 1.18x, VGG 1.10x, ResNet 1.09x, DenseNet 1.07x,
         # GoogLeNet 1.03x (docs/benchmarks.md).
         return {"amp_dtype": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
-                "channels_last": True, "row_stacked": True, "patch_pool": False, "cuda_graph": True}
+                "channels_last": True, "row_stacked": True, "fold_bn": False, "patch_pool": False, "cuda_graph": True}
     if device.type == "cpu":
         # 2-core Xeon with AMX-bf16, book recipes, bf16 step: channels_last makes GoogLeNet 2.0x, DenseNet
         # 1.6x and LeNet 1.4x faster, AlexNet and ResNet even, but the BN LeNets 2.3x slower: PyTorch's CPU
@@ -156,11 +157,19 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
         # stacked rows: the compiled LeNets' steps 8-17% faster, AlexNet's stem 249 -> 56 ms (bf16, profiled).
         # Average pooling's backward as a matmul (layers/patchpool.py): LeNet 1.23-1.27x compiled, 1.20-1.29x
         # eagerly, BN LeNet 1.12-1.15x eagerly, DenseNet 1.03x; compiled, it splits the pooling's backward from a
-        # batch norm's, which the compiler fuses otherwise: the compiled BN LeNets 0.88-0.91x, so not there.
-        return {"amp_dtype": torch.bfloat16, "channels_last": compiled or model is None or not _has_narrow_norm(model),
-                "row_stacked": True, "patch_pool": not (compiled and model is not None and _has_norm(model)),
+        # batch norm's, which the compiler fuses otherwise: the compiled BN LeNets 0.88-0.91x, so not there unless
+        # that batch norm is folded. Batch norm over a few channels after a single-channel convolution folded into
+        # it (layers/foldbn.py), with channels_last and the matmul pooling: compiled, BN LeNet's step 1.28-1.36x
+        # faster, the from-scratch one's 1.36-1.38x; eagerly 0.92-1.16x and 1.56-1.60x (in NCHW no faster: the
+        # batch norm over 16 channels left is no reason for it).
+        folds = model is not None and bool(foldable_pairs(model))
+        return {"amp_dtype": torch.bfloat16,
+                "channels_last": compiled or model is None or not _has_narrow_norm(model),
+                "row_stacked": True, "fold_bn": True,
+                "patch_pool": not (compiled and model is not None and _has_norm(model) and not folds),
                 "cuda_graph": False}
-    return {"amp_dtype": None, "channels_last": False, "row_stacked": False, "patch_pool": False, "cuda_graph": False}
+    return {"amp_dtype": None, "channels_last": False, "row_stacked": False, "fold_bn": False, "patch_pool": False,
+            "cuda_graph": False}
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -201,9 +210,11 @@ def compiled(model: nn.Module, mode: str | None, device: torch.device | None = N
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 
-def _has_narrow_norm(model: nn.Module, narrow: int = 32) -> bool:
-    return any(getattr(m, "num_features", narrow) < narrow for m in model.modules()
-               if isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchNorm)))
+def _has_narrow_norm(model: nn.Module) -> bool:
+    """A batch norm over fewer than 16 channels (a vector's lanes) that ``use_folded_bn`` leaves alone."""
+    folded = {id(bn) for _, bn in foldable_pairs(model)}
+    return any(getattr(m, "num_features", 16) < 16 for m in model.modules()
+               if isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchNorm)) and id(m) not in folded)
 
 
 def _has_norm(model: nn.Module) -> bool:
@@ -528,7 +539,8 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
 
     meta = _run_metadata(name, recipe, seed, train_data, test_data, normalize, device, command,
                          speed={"amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
-                                "channels_last": use_cl, "row_stacked": row_stacked, "patch_pool": speed["patch_pool"],
+                                "channels_last": use_cl, "row_stacked": row_stacked, "fold_bn": speed["fold_bn"],
+                                "patch_pool": speed["patch_pool"],
                                 "compile": compile_mode or False,
                                 "cuda_graph": graphed})
     meta["init_from"] = pretrained
@@ -599,6 +611,7 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
         # fixed batch shapes: pick the fastest conv kernels once; the caller's setting is back after fit
         torch.backends.cudnn.benchmark = True
     stacked = use_row_stacked(model, use_cl) if row_stacked else []  # plain nn.Conv2d again after fit
+    folded = use_folded_bn(model) if speed["fold_bn"] else []  # the batch norms on their own again after fit
     pooled = use_patch_pool(model) if speed["patch_pool"] else []  # and plain nn.AvgPool2d
     try:
         for epoch in range(start, recipe.epochs):
@@ -640,6 +653,7 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
         raise
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
+        restore_folded_bn(folded)  # first: a folded convolution's class is made from its row-stacked one
         restore_conv2d(stacked)
         restore_avg_pool2d(pooled)
 
