@@ -55,7 +55,7 @@ def build_step(name: str, data, device: torch.device, compile: str | None = None
     recipe = get_recipe(name, "book")
     torch.manual_seed(0)
     model = init_weights(moderncnn.create_model(name, **recipe.model_kwargs)).to(device)
-    speed = default_speed(device, model, compiled=compile is not None)
+    speed = default_speed(device, model, compiled=compile is not None, image_size=recipe.resize or 28)
     if not amp:
         speed["amp_dtype"] = None
     if channels_last is not None:

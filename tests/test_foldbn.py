@@ -159,6 +159,7 @@ def test_only_batch_norm_after_a_single_channel_convolution_is_folded():
     conv, bn = nn.Conv2d(1, 6, 5), nn.BatchNorm2d(6)
     assert foldable_pairs(nn.Sequential(bn, conv)) == [] and foldable_pairs(nn.Sequential(conv, nn.ReLU(), bn)) == []
     model = nn.Sequential(nn.Sequential(conv, bn), nn.Sigmoid())
+    assert foldable_pairs(model, image_size=28) == [(conv, bn)] and foldable_pairs(model, image_size=224) == []
     keys = list(model.state_dict())
     pairs = use_folded_bn(model)
     assert pairs == [(conv, bn)] and list(model.state_dict()) == keys

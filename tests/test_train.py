@@ -652,6 +652,17 @@ def test_default_speed_follows_the_measurements(name):
                                                    "fold_bn": False, "patch_pool": False, "cuda_graph": False}
 
 
+def test_default_speed_knows_where_batch_norm_folds():
+    from moderncnn.train import default_speed
+
+    # at 224 pixels BN LeNet's moments would cost more than its batch norm: not folded, so NCHW eagerly and no
+    # matmul pooling compiled, as for any other narrow batch norm
+    model, cpu = create_model("lenet_bn"), torch.device("cpu")
+    for size, folds in ((28, True), (56, True), (224, False)):
+        assert default_speed(cpu, model, image_size=size)["channels_last"] is folds
+        assert default_speed(cpu, model, compiled=True, image_size=size)["patch_pool"] is folds
+
+
 def test_compile_modes():
     assert compile_mode_of(True) == "default" and compile_mode_of("reduce-overhead") == "reduce-overhead"
     assert compile_mode_of(False) is None and compile_mode_of(None) is None

@@ -134,10 +134,12 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
     return step
 
 
-def default_speed(device: torch.device, model: nn.Module | None = None, compiled: bool = False) -> dict[str, Any]:
+def default_speed(device: torch.device, model: nn.Module | None = None, compiled: bool = False,
+                  image_size: int | None = None) -> dict[str, Any]:
     """bf16 autocast and channels_last where they pay off (measured: docs/benchmarks.md), else off.
 
     ``compiled``: the model will run under ``torch.compile``, which changes what pays off on the CPU.
+    ``image_size``: the side of the images it will train on, where known (it decides where batch norm folds).
     """
     if device.type == "cuda":
         # H100, book recipes, the step as one CUDA graph (cudagraph.py; LeNet 130k -> 650k ex/s) with
@@ -162,9 +164,9 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
         # it (layers/foldbn.py), with channels_last and the matmul pooling: compiled, BN LeNet's step 1.28-1.36x
         # faster, the from-scratch one's 1.36-1.38x; eagerly 0.92-1.16x and 1.56-1.60x (in NCHW no faster: the
         # batch norm over 16 channels left is no reason for it).
-        folds = model is not None and bool(foldable_pairs(model))
+        folds = model is not None and bool(foldable_pairs(model, image_size))
         return {"amp_dtype": torch.bfloat16,
-                "channels_last": compiled or model is None or not _has_narrow_norm(model),
+                "channels_last": compiled or model is None or not _has_narrow_norm(model, image_size),
                 "row_stacked": True, "fold_bn": True,
                 "patch_pool": not (compiled and model is not None and _has_norm(model) and not folds),
                 "cuda_graph": False}
@@ -210,9 +212,9 @@ def compiled(model: nn.Module, mode: str | None, device: torch.device | None = N
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 
-def _has_narrow_norm(model: nn.Module) -> bool:
+def _has_narrow_norm(model: nn.Module, image_size: int | None = None) -> bool:
     """A batch norm over fewer than 16 channels (a vector's lanes) that ``use_folded_bn`` leaves alone."""
-    folded = {id(bn) for _, bn in foldable_pairs(model)}
+    folded = {id(bn) for _, bn in foldable_pairs(model, image_size)}
     return any(getattr(m, "num_features", 16) < 16 for m in model.modules()
                if isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchNorm)) and id(m) not in folded)
 
@@ -529,7 +531,7 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
             raise ValueError(f"{e} with --resize {model.default_image_size}") from None
     normalize = _channel_stats(train_data.images) if recipe.normalize else None
 
-    speed = default_speed(device, model, compiled=compile_mode is not None)
+    speed = default_speed(device, model, compiled=compile_mode is not None, image_size=recipe.resize or native)
     amp_dtype = speed["amp_dtype"] if amp is None or amp else None
     if amp and amp_dtype is None:
         amp_dtype = torch.bfloat16
