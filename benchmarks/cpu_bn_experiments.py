@@ -3,7 +3,7 @@
     python benchmarks/cpu_bn_experiments.py [--model lenet_bn] [--rounds 12] [--variants plain,eager_op,...] [--eager]
 
 An experiment kept so that its figures in docs/benchmarks.md can be re-measured; nothing in the package uses
-it. Compiled, the BN LeNet's first batch norm, sigmoid and pooling become loops with its 6 channels innermost
+it (what does: folding that batch norm into the convolution before it, ``moderncnn.layers.foldbn``). Compiled, the BN LeNet's first batch norm, sigmoid and pooling become loops with its 6 channels innermost
 (channels_last): masked 16-lane vectors, 6 lanes in use. The trainer's train step (bf16, channels_last,
 stacked rows, batch 256) is timed round-robin, so that this machine's drift hits every variant alike, for:
 
