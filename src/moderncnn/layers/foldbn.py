@@ -38,11 +38,13 @@ __all__ = ["patch_moments", "bn_foldable", "foldable_pairs", "use_folded_bn", "r
 _MAX_COST = 8
 
 
-def _window(kh: int, sh: int, h: int) -> tuple[int, int, int]:
-    """Output rows a band, bands, input rows a band: each band's rows hold every patch of its output rows."""
+def _geometry(kernel_size, stride, padding, h: int, w: int) -> tuple[int, int, int, int, int, int]:
+    """For ``h x w`` inputs: the padded width, output rows and columns, output rows a band, bands, and input rows
+    a band (each band's rows hold every patch of its output rows)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    rows, cols = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     q = max(1, -(-(kh - sh) // sh))  # a band's overlap with the next is kh - sh rows: about half the band
-    rows = (h - kh) // sh + 1
-    return q, -(-rows // q), (q - 1) * sh + kh
+    return w + 2 * pw, rows, cols, q, -(-rows // q), (q - 1) * sh + kh
 
 
 def patch_moments(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int] = (1, 1),
@@ -51,10 +53,9 @@ def patch_moments(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[i
     ``(sum of p, sum of p p^T, number of patches)``, shaped ``(kh*kw,)`` and ``(kh*kw, kh*kw)``, in fp32 (float64
     for float64 input). ``x``: ``(N, 1, H, W)``."""
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    n, _, h, w = x.shape
-    hp, wp = h + 2 * ph, w + 2 * pw
-    rows, cols = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    q, bands, height = _window(kh, sh, hp)
+    n, _, h, _ = x.shape
+    hp = h + 2 * ph
+    wp, rows, cols, q, bands, height = _geometry(kernel_size, stride, padding, *x.shape[2:])
     total = (bands - 1) * q * sh + height  # rows past the image are zeros; no kept patch reads them
     acc = torch.promote_types(x.dtype, torch.float32)
     with torch.autocast(x.device.type, enabled=False):
@@ -78,13 +79,11 @@ def patch_moments(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[i
     return sums.reshape(kh * kw), products.reshape(kh * kw, kh * kw), n * rows * cols
 
 
-def _moments_cost(conv: nn.Conv2d, h: int, w: int) -> float:
-    """The moments' multiply-adds over the convolution's, for ``h x w`` inputs."""
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    hp, wp = h + 2 * ph, w + 2 * pw
-    _, bands, height = _window(kh, sh, hp)
-    rows, cols = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    return bands * (height * wp) ** 2 / (rows * cols * conv.out_channels * kh * kw)
+def _pays(conv: nn.Conv2d, h: int, w: int) -> bool:
+    """Whether the moments' multiply-adds for ``h x w`` inputs are at most ``_MAX_COST`` times the convolution's."""
+    wp, rows, cols, _, bands, height = _geometry(conv.kernel_size, conv.stride, conv.padding, h, w)
+    kh, kw = conv.kernel_size
+    return bands * (height * wp) ** 2 <= _MAX_COST * rows * cols * conv.out_channels * kh * kw
 
 
 def _affine(bn: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -114,7 +113,7 @@ class _FoldedConv:
         bn = self.folded_bn
         if not bn.training:
             return super().forward(input)
-        if input.dim() != 4 or _moments_cost(self, *input.shape[2:]) > _MAX_COST:
+        if input.dim() != 4 or not _pays(self, *input.shape[2:]):
             return bn.plain_forward(super().forward(input))
         sums, products, count = patch_moments(input, self.kernel_size, self.stride, self.padding)
         if count < 2:  # batch norm's own error: more than one value per channel is needed
@@ -167,7 +166,7 @@ def foldable_pairs(model: nn.Module, image_size: int | None = None) -> list[tupl
     size, takes the folded path (narrower images than the moments' cost allows)."""
     return [(a, b) for seq in model.modules() if isinstance(seq, nn.Sequential)
             for a, b in zip(seq, list(seq)[1:]) if bn_foldable(a, b)
-            and (image_size is None or _moments_cost(a, image_size, image_size) <= _MAX_COST)]
+            and (image_size is None or _pays(a, image_size, image_size))]
 
 
 def use_folded_bn(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
