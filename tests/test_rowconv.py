@@ -30,6 +30,25 @@ def test_same_outputs_and_gradients_as_conv2d(kernel, stride, padding, size, cha
     assert rows(x).is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_under_autocast_the_image_is_cast_before_stacking_and_its_gradient_flows(channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 6, 5, 1, 2)
+    rows = nn.Conv2d(1, 6, 5, 1, 2)
+    rows.load_state_dict(conv.state_dict())
+    use_row_stacked(rows, channels_last)
+    x = torch.rand(4, 1, 12, 12, requires_grad=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        out, ref = rows(x), conv(x)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)  # the same bf16 products, summed in another order
+    grad = torch.randn_like(ref)
+    ours, theirs = (torch.autograd.grad(y, (x, layer.weight), grad) for y, layer in ((out, rows), (ref, conv)))
+    assert ours[0].dtype == torch.float32
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=5e-2, rtol=2e-2)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_same_outputs_and_gradients_on_cuda(channels_last):  # the CUDA default too
