@@ -626,7 +626,10 @@ def test_predict_a_folder_in_batches(tmp_path):
     files = image_files([photos, tmp_path / "absent.png"])
     assert files == [photos / "a.JPG", photos / "b.png", photos / "more" / "c.png", tmp_path / "absent.png"]
     one_batch = predict(model, files[:3], topk=4)
-    assert predict(model, files[:3], topk=4, batch_size=2) == one_batch  # batches of 2, then 1
+    batched = predict(model, files[:3], topk=4, batch_size=2)  # batches of 2, then 1
+    # oneDNN may round differently for another batch size: same classes, probabilities to rounding
+    assert [[c for c, _ in top] for top in batched] == [[c for c, _ in top] for top in one_batch]
+    assert [p for top in batched for _, p in top] == pytest.approx([p for top in one_batch for _, p in top], abs=1e-5)
     assert [len(top) for top in one_batch] == [4, 4, 4]
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files .* in the folder .*empty"):
