@@ -4,8 +4,11 @@ Both sides train the same model (the book's form, Xavier init, plain SGD at the
 recipe's lr and batch size) on the full Fashion-MNIST training set, resized to
 the recipe's size, on the same device, for the same number of batches after the
 same warm-up. moderncnn: the data set as one uint8 tensor on the device,
-batch-wise resize, bf16 autocast, channels_last and (CUDA) the step as one
-CUDA graph as the trainer picks them for the device, no host sync in the step.
+batch-wise resize, bf16 autocast (where the device has bf16 in hardware),
+channels_last and (CUDA) the step as one CUDA graph as the trainer picks them
+for the device, no host sync in the step. On the CPU both pipelines run with the
+trainer's malloc setting (``moderncnn.cpumem``): it is process-wide, and the
+book's own process would not have it, so the speed-up is if anything understated.
 Reference: ``reference_pipeline.py`` (torchvision FashionMNIST + Resize +
 ToTensor, DataLoader(num_workers=4), fp32, a host sync per batch). Examples/sec are end to end (data loading included).
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import sys
@@ -33,10 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import moderncnn  # noqa: E402
 from moderncnn.data import DeviceLoader, load_dataset  # noqa: E402
 from moderncnn.distributed import World  # noqa: E402
+from moderncnn.cpumem import keep_freed_memory  # noqa: E402
 from moderncnn.layers import use_folded_bn, use_patch_pool, use_row_stacked  # noqa: E402
 from moderncnn.recipes import BOOK_RECIPES, get_recipe  # noqa: E402
-from moderncnn.train import (COMPILE_MODES, _use_cuda_graph, build_loss, build_optimizer, compiled,  # noqa: E402
-                             default_speed, init_weights, make_train_step, select_device)
+from moderncnn.evaluate import cpu_has_native_bf16  # noqa: E402
+from moderncnn.train import (COMPILE_MODES, _device_name, _use_cuda_graph, build_loss, build_optimizer,  # noqa: E402
+                             compiled, default_speed, init_weights, make_train_step, select_device)
 from _cli import model_names  # noqa: E402
 from reference_pipeline import book_init, book_loader, endless, time_book_steps, torchvision_root  # noqa: E402
 
@@ -71,6 +75,7 @@ def build_step(name: str, data, device: torch.device, compile: str | None = None
         use_folded_bn(model)
     if speed["patch_pool"]:
         use_patch_pool(model)
+    kept = speed["keep_memory"] and keep_freed_memory()  # as fit() does (run_all set it for both pipelines)
     if compile:
         torch._dynamo.reset()  # each timing compiles afresh; many models would otherwise hit dynamo's cache limit
     net = compiled(model, compile, device)
@@ -80,7 +85,7 @@ def build_step(name: str, data, device: torch.device, compile: str | None = None
     loader = DeviceLoader(data, recipe.batch_size, device=device, shuffle=True, drop_last=True,
                           resize=recipe.resize, channels_last=speed["channels_last"])
     settings = {"amp": str(speed["amp_dtype"]), "channels_last": speed["channels_last"], "row_stacked": rows,
-                "fold_bn": speed["fold_bn"], "patch_pool": speed["patch_pool"],
+                "fold_bn": speed["fold_bn"], "patch_pool": speed["patch_pool"], "keep_memory": kept,
                 "compile": compile, "cuda_graph": graph}
     return step, loader, settings
 
@@ -140,7 +145,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, compile_mode: str | None) -> None:
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    if default_speed(device)["keep_memory"]:
+        keep_freed_memory()  # before either pipeline's first run, so that all of them have it alike
+    dev_name = _device_name(device)
+    if device.type == "cpu":  # what decides the trainer's precision there
+        dev_name += (f" ({torch.backends.cpu.get_cpu_capability()}, bf16 in hardware: "
+                     f"{'yes' if cpu_has_native_bf16() else 'no'})")
     print(f"# medians of {args.repeats} alternating runs; {dev_name}, {torch.get_num_threads()} threads; torch {torch.__version__}, torchvision "
           f"{torchvision.__version__}, moderncnn {moderncnn.__version__}; {args.batches} timed batches ({args.batches * args.small_factor} for 28-pixel recipes) after "
           f"{args.warmup} warm-up", flush=True)

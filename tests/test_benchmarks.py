@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from moderncnn.evaluate import cpu_has_native_bf16
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared Fashion-MNIST copy not present")
@@ -181,7 +183,8 @@ def test_patch_pool_experiment_runs(capsys):
     experiments = script("cpu_patch_pool")
     experiments.main(["--models", "lenet,googlenet", "--rounds", "1", "--steps", "1"])
     lenet, googlenet = capsys.readouterr().out.strip().splitlines()
-    assert lenet.startswith("lenet (batch 256, 28 px, bf16, channels_last True, 2 pooling layers): plain ")
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"  # the trainer's default for this CPU
+    assert lenet.startswith(f"lenet (batch 256, 28 px, {precision}, channels_last True, 2 pooling layers): plain ")
     assert lenet.endswith("max |gradient difference| 0.0e+00")  # the same numbers, computed otherwise
     assert googlenet == "googlenet: no average pooling over non-overlapping patches"
 
@@ -221,7 +224,9 @@ def test_step_variants_times_each_variant_and_profiles(tmp_path, capsys):
                                   "--device", "cpu", "--json", str(out)])
     result = json.loads(out.read_text())
     default, fp32 = result["results"]
-    assert default["variant"] == "default" and default["amp"] == "torch.bfloat16" and default["row_stacked"]
+    native = cpu_has_native_bf16()  # the trainer's default: bf16 and stacked rows where the CPU has bf16 in hardware
+    assert default["variant"] == "default" and default["amp"] == ("torch.bfloat16" if native else "None")
+    assert default["row_stacked"] is native
     assert fp32["variant"] == "fp32+nocl" and fp32["amp"] == "None" and fp32["channels_last"] is False
     assert default["examples_per_sec"] > 0 and fp32["examples_per_sec"] > 0
     (profile,) = result["profiles"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import shutil
 
 import pytest
@@ -497,15 +498,16 @@ def test_cpu_stem_over_stacked_rows_with_bf16_only_and_the_model_returned_plain(
     from moderncnn.layers import RowStackedConv2d
 
     seen = []
-    for amp in (None, False):
+    for amp in (True, False):  # True: bf16 asked for, on any CPU
         model = create_model("lenet", num_classes=4)
         stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
         hook = stem.register_forward_pre_hook(lambda m, args: seen.append(type(m)))
         result = fit(model, "book", None, train_data=data28[0], test_data=data28[1], **{**FAST, "amp": amp})
         hook.remove()
-        assert result.metadata["speed"]["row_stacked"] is (amp is None)
+        assert result.metadata["speed"]["row_stacked"] is amp
+        assert result.metadata["speed"]["amp_dtype"] == ("bfloat16" if amp else None)
         assert type(stem) is nn.Conv2d  # the trained model is the plain one again
-        assert set(seen) == ({RowStackedConv2d} if amp is None else {nn.Conv2d})
+        assert set(seen) == ({RowStackedConv2d} if amp else {nn.Conv2d})
         seen.clear()
 
 
@@ -520,6 +522,8 @@ def test_cpu_pooling_with_the_matmul_backward_and_the_model_returned_plain(data2
     for hook in hooks:
         hook.remove()
     assert result.metadata["speed"]["patch_pool"] is True
+    # and freed memory kept for the next step, where the C library is glibc (moderncnn.cpumem)
+    assert result.metadata["speed"]["keep_memory"] is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     assert PatchAvgPool2d in set(seen) and all(type(m) is nn.AvgPool2d for m in pools)
 
 
@@ -638,21 +642,59 @@ def test_predict_a_folder_in_batches(tmp_path):
         predict(model, files[:1], batch_size=0)
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
 @pytest.mark.parametrize("name", ["lenet", "googlenet", "lenet_bn", "lenet_bn_scratch", "resnet18_book", "narrow"])
-def test_default_speed_follows_the_measurements(name):
+def test_default_speed_follows_the_measurements(name, native_bf16, monkeypatch):
+    import moderncnn.train
     from moderncnn.train import default_speed
 
+    # bf16 only on a CPU that has it in hardware; the layout and the layers measured fastest on both kinds
+    monkeypatch.setattr(moderncnn.train, "cpu_has_native_bf16", lambda: native_bf16)
     # batch norm over 6 channels that cannot be folded (three input channels): NCHW eagerly
     model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6)) if name == "narrow" else create_model(name)
     cpu = default_speed(torch.device("cpu"), model)
-    assert cpu == {"amp_dtype": torch.bfloat16, "channels_last": name != "narrow", "row_stacked": True,
-                   "fold_bn": True, "patch_pool": True, "cuda_graph": False}
+    assert cpu == {"amp_dtype": torch.bfloat16 if native_bf16 else None, "channels_last": name != "narrow",
+                   "row_stacked": True, "fold_bn": True, "patch_pool": True, "cuda_graph": False, "keep_memory": True}
     # compiled, the pooling's backward as a matmul splits it from a batch norm's backward: slower there, unless
     # that batch norm is folded into its convolution
     compiled = default_speed(torch.device("cpu"), model, compiled=True)
     assert compiled["channels_last"] and compiled["patch_pool"] is (name not in ("resnet18_book", "narrow"))
     assert default_speed(torch.device("meta")) == {"amp_dtype": None, "channels_last": False, "row_stacked": False,
-                                                   "fold_bn": False, "patch_pool": False, "cuda_graph": False}
+                                                   "fold_bn": False, "patch_pool": False, "cuda_graph": False,
+                                                   "keep_memory": False}
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, native", [(True, False, True), (False, True, True),
+                                                       (False, False, False), (None, None, False)])
+def test_cpu_has_native_bf16_reads_the_cpu_features(amx, avx512_bf16, native, monkeypatch):
+    from moderncnn.evaluate import cpu_has_native_bf16
+
+    for name, has in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
+        if has is None:  # an older torch without the check: counted as not there
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda has=has: has)
+    cpu_has_native_bf16.cache_clear()
+    try:
+        assert cpu_has_native_bf16() is native
+    finally:
+        monkeypatch.undo()
+        cpu_has_native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_eval_takes_the_runs_precision_unless_this_cpu_would_emulate_it(native_bf16, monkeypatch):
+    import importlib
+
+    from moderncnn.cli import _eval_speed
+
+    # the module: the package's attribute of that name is the evaluate function
+    monkeypatch.setattr(importlib.import_module("moderncnn.evaluate"), "cpu_has_native_bf16", lambda: native_bf16)
+    model, cpu = create_model("lenet"), torch.device("cpu")
+    meta = {"device": "cpu", "speed": {"amp_dtype": "bfloat16", "channels_last": True}}
+    assert _eval_speed(meta, cpu, model, no_amp=False) == (torch.bfloat16 if native_bf16 else None, True)
+    assert _eval_speed(meta, cpu, model, no_amp=True) == (None, True)
+    assert _eval_speed({**meta, "speed": {"amp_dtype": None, "channels_last": False}}, cpu, model, False) == (None, False)
 
 
 def test_default_speed_knows_where_batch_norm_folds():

@@ -137,12 +137,15 @@ def _eval_speed(meta: dict, device: torch.device, model: torch.nn.Module,
                 no_amp: bool) -> tuple[torch.dtype | None, bool]:
     """The run's autocast dtype and memory format when evaluated on its kind of device, so that the test
     accuracy printed at the end of training comes out again; else the device's defaults."""
+    from .evaluate import cpu_has_native_bf16
     from .train import default_speed
 
     speed = meta.get("speed", {})
     if str(meta.get("device", "")).split(":")[0] == device.type and "amp_dtype" in speed:
         amp_dtype = getattr(torch, speed["amp_dtype"]) if speed["amp_dtype"] else None
         channels_last = bool(speed.get("channels_last"))
+        if device.type == "cpu" and amp_dtype is not None and not cpu_has_native_bf16():
+            amp_dtype = None  # trained on a CPU with bf16 in hardware; emulated here, it would be 8x slower
     else:
         defaults = default_speed(device, model)
         amp_dtype, channels_last = defaults["amp_dtype"], defaults["channels_last"]
@@ -254,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile in MODE, implies --compile: " + ", ".join(COMPILE_MODES)
                         + " (on a GPU the default mode's step is replayed as one CUDA graph; reduce-overhead "
                           "and max-autotune make their own graphs instead)")
-    g.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast on cuda and cpu)")
+    g.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast on cuda, and on a "
+                   "cpu with bf16 in hardware: AMX or AVX-512 BF16)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: what measured fastest for the device and model; "
                         "docs/benchmarks.md)")

@@ -34,10 +34,11 @@ import torch.nn as nn
 from .checkpoint import (RunFiles, _unwrap, atomic_write, deferred_interrupt, load_pretrained, load_state,
                          load_weights, new_figure, read_run_json, save_figure, save_state, save_weights,
                          weights_epoch, write_run_json)
+from .cpumem import keep_freed_memory
 from .cudagraph import GraphedStep, TrainStep
 from .distributed import (World, all_sum, broadcast_buffers, join, leave, local_device, main_first, on_main,
                           world_from_env)
-from .evaluate import autocast, evaluate, select_device
+from .evaluate import autocast, cpu_has_native_bf16, evaluate, select_device
 from .layers import (BatchNorm, foldable_pairs, restore_avg_pool2d, restore_conv2d, restore_folded_bn, use_folded_bn,
                      use_patch_pool, use_row_stacked)
 from .recipes import BOOK_FIGURES, BOOK_RECIPES, Recipe, get_recipe
@@ -138,6 +139,8 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
                   image_size: int | None = None) -> dict[str, Any]:
     """bf16 autocast and channels_last where they pay off (measured: docs/benchmarks.md), else off.
 
+    On the CPU, bf16 only where it is done in hardware (:func:`~moderncnn.evaluate.cpu_has_native_bf16`).
+
     ``compiled``: the model will run under ``torch.compile``, which changes what pays off on the CPU.
     ``image_size``: the side of the images it will train on, where known (it decides where batch norm folds).
     """
@@ -149,7 +152,8 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
         # slow single-channel kernel: AlexNet 1.21x, NiN 1.18x, VGG 1.10x, ResNet 1.09x, DenseNet 1.07x,
         # GoogLeNet 1.03x (docs/benchmarks.md).
         return {"amp_dtype": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
-                "channels_last": True, "row_stacked": True, "fold_bn": False, "patch_pool": False, "cuda_graph": True}
+                "channels_last": True, "row_stacked": True, "fold_bn": False, "patch_pool": False, "cuda_graph": True,
+                "keep_memory": False}
     if device.type == "cpu":
         # 2-core Xeon with AMX-bf16, book recipes, bf16 step: channels_last makes GoogLeNet 2.0x, DenseNet
         # 1.6x and LeNet 1.4x faster, AlexNet and ResNet even, but the BN LeNets 2.3x slower: PyTorch's CPU
@@ -164,14 +168,17 @@ def default_speed(device: torch.device, model: nn.Module | None = None, compiled
         # it (layers/foldbn.py), with channels_last and the matmul pooling: compiled, BN LeNet's step 1.28-1.36x
         # faster, the from-scratch one's 1.36-1.38x; eagerly 0.92-1.16x and 1.56-1.60x (in NCHW no faster: the
         # batch norm over 16 channels left is no reason for it).
+        # Without bf16 in hardware (AVX2-only CPUs: most laptops' and AMD's before Zen 4) the step runs in fp32,
+        # with the same layout and layers: on a 2-core AMD EPYC (AVX2) they are the fastest there too. Freed
+        # memory kept for the next step (cpumem.py): AlexNet's and GoogLeNet's steps 1.17-1.2x faster there.
         folds = model is not None and bool(foldable_pairs(model, image_size))
-        return {"amp_dtype": torch.bfloat16,
+        return {"amp_dtype": torch.bfloat16 if cpu_has_native_bf16() else None,
                 "channels_last": compiled or model is None or not _has_narrow_norm(model, image_size),
                 "row_stacked": True, "fold_bn": True,
                 "patch_pool": not (compiled and model is not None and _has_norm(model) and not folds),
-                "cuda_graph": False}
+                "cuda_graph": False, "keep_memory": True}
     return {"amp_dtype": None, "channels_last": False, "row_stacked": False, "fold_bn": False, "patch_pool": False,
-            "cuda_graph": False}
+            "cuda_graph": False, "keep_memory": False}
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -302,7 +309,6 @@ def _git_commit() -> dict[str, Any] | None:
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        # Pays off from AlexNet up; LeNet is launch-bound and runs faster in fp32 (H100: 114k vs 74k ex/s).
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
         with contextlib.suppress(OSError):
@@ -538,11 +544,12 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
     use_cl = speed["channels_last"] if channels_last is None else channels_last
     row_stacked = speed["row_stacked"] and amp_dtype is not None  # measured with bf16 only
     graphed = _use_cuda_graph(cuda_graph, speed["cuda_graph"], device, recipe, world, compile_mode)
+    kept = speed["keep_memory"] and keep_freed_memory()  # process-wide, and for good (cpumem.py)
 
     meta = _run_metadata(name, recipe, seed, train_data, test_data, normalize, device, command,
                          speed={"amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
                                 "channels_last": use_cl, "row_stacked": row_stacked, "fold_bn": speed["fold_bn"],
-                                "patch_pool": speed["patch_pool"],
+                                "patch_pool": speed["patch_pool"], "keep_memory": kept,
                                 "compile": compile_mode or False,
                                 "cuda_graph": graphed})
     meta["init_from"] = pretrained
