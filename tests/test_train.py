@@ -523,7 +523,8 @@ def test_cpu_pooling_with_the_matmul_backward_and_the_model_returned_plain(data2
         hook.remove()
     assert result.metadata["speed"]["patch_pool"] is True
     # and freed memory kept for the next step, where the C library is glibc (moderncnn.cpumem)
-    assert result.metadata["speed"]["keep_memory"] is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert result.metadata["speed"]["keep_memory"] is glibc
     assert PatchAvgPool2d in set(seen) and all(type(m) is nn.AvgPool2d for m in pools)
 
 
@@ -683,6 +684,21 @@ def test_cpu_has_native_bf16_reads_the_cpu_features(amx, avx512_bf16, native, mo
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
+def test_the_run_says_how_it_computes_and_why_fp32_on_such_a_cpu(data28, native_bf16, monkeypatch, capsys):
+    import moderncnn.train
+
+    monkeypatch.setattr(moderncnn.train, "cpu_has_native_bf16", lambda: native_bf16)
+    result = fit("lenet", "book", None, train_data=data28[0], test_data=data28[1],
+                 **{**FAST, "quiet": False, "amp": None, "epochs": 1})
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("training lenet (book recipe: lr 0.9, batch 32, resize -, 1 epoch) on cpu, ")
+    assert first.endswith("bfloat16 autocast" if native_bf16 else "fp32 (this CPU has no bf16 in hardware)")
+    assert result.metadata["speed"]["amp_dtype"] == ("bfloat16" if native_bf16 else None)
+    fit("lenet", "book", None, train_data=data28[0], test_data=data28[1], **{**FAST, "quiet": False, "epochs": 1})
+    assert capsys.readouterr().err.splitlines()[0].endswith(" on cpu, fp32")  # asked for: no reason to give
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
 def test_eval_takes_the_runs_precision_unless_this_cpu_would_emulate_it(native_bf16, monkeypatch):
     import importlib
 
@@ -694,7 +710,8 @@ def test_eval_takes_the_runs_precision_unless_this_cpu_would_emulate_it(native_b
     meta = {"device": "cpu", "speed": {"amp_dtype": "bfloat16", "channels_last": True}}
     assert _eval_speed(meta, cpu, model, no_amp=False) == (torch.bfloat16 if native_bf16 else None, True)
     assert _eval_speed(meta, cpu, model, no_amp=True) == (None, True)
-    assert _eval_speed({**meta, "speed": {"amp_dtype": None, "channels_last": False}}, cpu, model, False) == (None, False)
+    fp32_run = {**meta, "speed": {"amp_dtype": None, "channels_last": False}}
+    assert _eval_speed(fp32_run, cpu, model, no_amp=False) == (None, False)
 
 
 def test_default_speed_knows_where_batch_norm_folds():

@@ -369,6 +369,15 @@ def _other_gpus_hint(world: World, device: torch.device) -> str | None:
             f"train ... splits every batch across all of them)")
 
 
+def _precision(amp_dtype: torch.dtype | None, device: torch.device, asked: bool | None) -> str:
+    """How the step computes, for the run's first line: why fp32, where the CPU decided it."""
+    if amp_dtype is not None:
+        return f"{str(amp_dtype).replace('torch.', '')} autocast"
+    if device.type == "cpu" and asked is None and not cpu_has_native_bf16():
+        return "fp32 (this CPU has no bf16 in hardware)"
+    return "fp32"
+
+
 def _where(world: World, device: torch.device) -> str:
     return f"{world.size} x {device.type}" if world.distributed else str(device)
 
@@ -603,8 +612,10 @@ def _fit(world: World, model: nn.Module | str, recipe: str | Recipe, out_dir: st
     if writes is not None:
         write_run_json(writes.run_json, meta)
     if not quiet:
+        epochs = f"{recipe.epochs} epoch{'s' * (recipe.epochs != 1)}"
         print(f"training {name} ({recipe.name} recipe: lr {recipe.lr}, batch {recipe.batch_size}, "
-              f"resize {recipe.resize or '-'}, {recipe.epochs} epochs) on {_where(world, device)}"
+              f"resize {recipe.resize or '-'}, {epochs}) on {_where(world, device)}, "
+              f"{_precision(amp_dtype, device, asked=amp)}"
               + (f", resuming after epoch {start}" if start else "")
               + (f"\nrecipe: {recipe.based_on}" if recipe.book is None else ""), file=sys.stderr)
         hint = _other_gpus_hint(world, device)
