@@ -51,7 +51,8 @@ def sync(device: torch.device) -> None:
 
 
 def build_step(name: str, data, device: torch.device, compile: str | None = None, amp: bool = True,
-               channels_last: bool | None = None, cuda_graph: bool | None = None, row_stacked: bool | None = None):
+               channels_last: bool | None = None, cuda_graph: bool | None = None, row_stacked: bool | None = None,
+               keep_memory: bool | None = None):
     """The trainer's step for the book recipe of ``name``, built as fit() builds it, and its loader.
 
     Returns (step, loader, settings). None for an option: the device's default, as fit() decides it.
@@ -75,7 +76,8 @@ def build_step(name: str, data, device: torch.device, compile: str | None = None
         use_folded_bn(model)
     if speed["patch_pool"]:
         use_patch_pool(model)
-    kept = speed["keep_memory"] and keep_freed_memory()  # as fit() does (run_all set it for both pipelines)
+    keep = speed["keep_memory"] if keep_memory is None else keep_memory
+    kept = keep and keep_freed_memory()  # as fit() does (run_all set it for both pipelines)
     if compile:
         torch._dynamo.reset()  # each timing compiles afresh; many models would otherwise hit dynamo's cache limit
     net = compiled(model, compile, device)
@@ -92,11 +94,12 @@ def build_step(name: str, data, device: torch.device, compile: str | None = None
 
 def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: int, compile: str | None = None,
                    amp: bool = True, channels_last: bool | None = None, cuda_graph: bool | None = None,
-                   row_stacked: bool | None = None) -> tuple[float, float, dict]:
+                   row_stacked: bool | None = None, keep_memory: bool | None = None) -> tuple[float, float, dict]:
     """(examples/sec over the timed batches, seconds the warm-up took: compilation included, the settings)."""
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as fit() does; the book's loop does not
     begin = time.perf_counter()
-    step, loader, settings = build_step(name, data, device, compile, amp, channels_last, cuda_graph, row_stacked)
+    step, loader, settings = build_step(name, data, device, compile, amp, channels_last, cuda_graph, row_stacked,
+                                        keep_memory)
     if settings["cuda_graph"]:  # the graph's capture is part of the warm-up, not of the timed steps
         warmup = max(warmup, step.warmup + 1)
     it = endless(loader)
@@ -129,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cuda-graph", type=int, choices=(0, 1), default=None,
                    help="force the eager step's CUDA graph off/on (default: as fit() decides; 1 where it cannot "
                         "apply, e.g. with --compile-mode, is an error)")
+    p.add_argument("--malloc-defaults", action="store_true",
+                   help="leave glibc's malloc as it is for both pipelines, as the book's own process runs (default: "
+                        "both with the trainer's setting, moderncnn.cpumem)")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, compile_mode: str | None) -> None:
-    if default_speed(device)["keep_memory"]:
+    if default_speed(device)["keep_memory"] and not args.malloc_defaults:
         keep_freed_memory()  # before either pipeline's first run, so that all of them have it alike
     dev_name = _device_name(device)
     if device.type == "cpu":  # what decides the trainer's precision there
@@ -161,7 +167,8 @@ def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, co
     print("|---" * (header.count("|") - 1) + "|", flush=True)
     results = []
     opts = {"amp": not args.no_amp, "channels_last": None if args.channels_last is None else bool(args.channels_last),
-            "cuda_graph": None if args.cuda_graph is None else bool(args.cuda_graph)}
+            "cuda_graph": None if args.cuda_graph is None else bool(args.cuda_graph),
+            "keep_memory": False if args.malloc_defaults else None}
     for name in args.models:
         recipe = get_recipe(name, "book")
         batches = args.batches * (args.small_factor if recipe.resize is None else 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import platform
 import shutil
 import sys
 import tempfile
@@ -52,6 +53,18 @@ def test_bench_throughput_times_both_pipelines_and_compile(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| lenet | 256 | 28 |" in table and "warm-up s |" in table
     assert set(copies("moderncnn-bench-*")) == before, "the reference's data copy is removed"
+
+
+@needs_shared
+def test_bench_throughput_can_leave_malloc_as_the_books_process_has_it():
+    from moderncnn.data import load_dataset
+
+    bench = script("bench_throughput")
+    data = load_dataset("fashion-mnist", "test", root=SHARED, download=False, allow_sample=False)
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    cpu = torch.device("cpu")
+    assert bench.build_step("lenet", data, cpu)[2]["keep_memory"] is glibc  # as fit() does
+    assert bench.build_step("lenet", data, cpu, keep_memory=False)[2]["keep_memory"] is False  # --malloc-defaults
 
 
 @needs_shared
