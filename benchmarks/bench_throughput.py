@@ -33,9 +33,9 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import moderncnn  # noqa: E402
+from moderncnn.cpumem import keep_freed_memory  # noqa: E402
 from moderncnn.data import DeviceLoader, load_dataset  # noqa: E402
 from moderncnn.distributed import World  # noqa: E402
-from moderncnn.cpumem import keep_freed_memory  # noqa: E402
 from moderncnn.layers import use_folded_bn, use_patch_pool, use_row_stacked  # noqa: E402
 from moderncnn.recipes import BOOK_RECIPES, get_recipe  # noqa: E402
 from moderncnn.evaluate import cpu_has_native_bf16  # noqa: E402

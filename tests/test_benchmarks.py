@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from moderncnn.cpumem import glibc_malloc
 from moderncnn.evaluate import cpu_has_native_bf16
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -61,9 +61,8 @@ def test_bench_throughput_can_leave_malloc_as_the_books_process_has_it():
 
     bench = script("bench_throughput")
     data = load_dataset("fashion-mnist", "test", root=SHARED, download=False, allow_sample=False)
-    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     cpu = torch.device("cpu")
-    assert bench.build_step("lenet", data, cpu)[2]["keep_memory"] is glibc  # as fit() does
+    assert bench.build_step("lenet", data, cpu)[2]["keep_memory"] is glibc_malloc()  # as fit() does
     assert bench.build_step("lenet", data, cpu, keep_memory=False)[2]["keep_memory"] is False  # --malloc-defaults
 
 

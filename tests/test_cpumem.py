@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import platform
 import resource
 
 import pytest
 import torch
 
-from moderncnn.cpumem import keep_freed_memory
+from moderncnn.cpumem import glibc_malloc, keep_freed_memory
 
-glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                           reason="glibc's malloc only")
+glibc = pytest.mark.skipif(not glibc_malloc(), reason="glibc's malloc only")
 
 
 def _faults_of_a_fresh_block(mib: int) -> int:

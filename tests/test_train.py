@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import shutil
 
 import pytest
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 
 from moderncnn import create_model, list_models
 from moderncnn.checkpoint import load_checkpoint, load_pretrained, load_weights, save_weights, weights_epoch
+from moderncnn.cpumem import glibc_malloc
 from moderncnn.data import ImageDataset
 from moderncnn.evaluate import evaluate, format_per_class, load_images, predict
 from moderncnn.layers import BatchNorm
@@ -523,8 +523,7 @@ def test_cpu_pooling_with_the_matmul_backward_and_the_model_returned_plain(data2
         hook.remove()
     assert result.metadata["speed"]["patch_pool"] is True
     # and freed memory kept for the next step, where the C library is glibc (moderncnn.cpumem)
-    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert result.metadata["speed"]["keep_memory"] is glibc
+    assert result.metadata["speed"]["keep_memory"] is glibc_malloc()
     assert PatchAvgPool2d in set(seen) and all(type(m) is nn.AvgPool2d for m in pools)
 
 

@@ -18,13 +18,18 @@ from __future__ import annotations
 import ctypes
 import platform
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["glibc_malloc", "keep_freed_memory"]
 
 # mallopt's parameters, from glibc's malloc.h
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 _kept = False
+
+
+def glibc_malloc() -> bool:
+    """Whether this process's C library is glibc (on Linux), whose malloc :func:`keep_freed_memory` sets."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def keep_freed_memory() -> bool:
@@ -36,7 +41,7 @@ def keep_freed_memory() -> bool:
     global _kept
     if _kept:
         return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not glibc_malloc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
