@@ -69,3 +69,24 @@ def print_quartiles(prefix: str, times: dict[str, list[float]]) -> None:
     for name, ts in times.items():
         ts = sorted(ts)
         print(f"{prefix} {name}: first quartile {ts[len(ts) // 4]:.2f} ms, median {ts[len(ts) // 2]:.2f} ms")
+
+
+def add_no_amp(p) -> None:
+    """``--no-amp`` on an ``argparse`` parser: fp32 where the step would otherwise use bf16 autocast."""
+    p.add_argument("--no-amp", action="store_true",
+                   help="fp32 (default: bf16 autocast where this CPU has bf16 in hardware, else fp32, as the trainer "
+                        "picks it; emulated bf16 would be several times slower than fp32 and measure nothing useful)")
+
+
+def cpu_amp_dtype(no_amp: bool = False):
+    """The CPU train step's autocast dtype as the trainer picks it (bf16 where the CPU has it in hardware, else
+    None: fp32), or None with ``no_amp``."""
+    import torch
+
+    from moderncnn.train import default_speed
+
+    return None if no_amp else default_speed(torch.device("cpu"))["amp_dtype"]
+
+
+def precision_name(amp_dtype) -> str:
+    return "bf16" if amp_dtype is not None else "fp32"

@@ -1,11 +1,13 @@
 """Could the compiled BN LeNet's batch norm over 6 channels get faster on the CPU?
 
     python benchmarks/cpu_bn_experiments.py [--model lenet_bn] [--rounds 12] [--variants plain,eager_op,...] [--eager]
+        [--no-amp]
 
 An experiment kept so that its figures in docs/benchmarks.md can be re-measured; nothing in the package uses
 it (what does: folding that batch norm into the convolution before it, ``moderncnn.layers.foldbn``). Compiled, the BN LeNet's first batch norm, sigmoid and pooling become loops with its 6 channels innermost
-(channels_last): masked 16-lane vectors, 6 lanes in use. The trainer's train step (bf16, channels_last,
-stacked rows, batch 256) is timed round-robin, so that this machine's drift hits every variant alike, for:
+(channels_last): masked 16-lane vectors, 6 lanes in use. The trainer's train step (bf16 where the CPU has it
+in hardware, else fp32; channels_last, stacked rows, batch 256) is timed round-robin, so that this machine's
+drift hits every variant alike, for:
 
 - ``plain``: ``nn.BatchNorm2d`` as the compiler generates it;
 - ``eager_op``: batch norm over fewer than 16 channels as a custom op (the compiler calls it as it is, so
@@ -30,7 +32,7 @@ import torch._inductor.config as inductor_config
 import torch.nn as nn
 from torch import Tensor
 
-from _timing import print_quartiles, round_robin_steps
+from _timing import add_no_amp, cpu_amp_dtype, precision_name, print_quartiles, round_robin_steps
 from moderncnn import create_model
 from moderncnn.layers import use_row_stacked
 from moderncnn.recipes import get_recipe
@@ -247,7 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--eager", action="store_true", help="time the eager step (inductor settings are left out)")
+    add_no_amp(p)
     args = p.parse_args(argv)
+    amp_dtype = cpu_amp_dtype(args.no_amp)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -266,12 +270,12 @@ def main(argv: list[str] | None = None) -> None:
         use_row_stacked(model, channels_last=True)
         run = model if args.eager else torch.compile(model, dynamic=False)
         steps[name] = make_train_step(run, build_optimizer(model, recipe), build_loss(recipe),
-                                      amp_dtype=torch.bfloat16)
+                                      amp_dtype=amp_dtype)
         with inductor_config.patch(SETTINGS.get(name, {})):  # read when the graphs compile
             for _ in range(3):
                 steps[name](x, y)
     times = round_robin_steps(steps, x, y, args.rounds, per_round=8)
-    print_quartiles(f"{args.model} {'eager' if args.eager else 'compiled'}", times)
+    print_quartiles(f"{args.model} {'eager' if args.eager else 'compiled'}, {precision_name(amp_dtype)}", times)
 
 
 if __name__ == "__main__":

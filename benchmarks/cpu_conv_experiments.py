@@ -1,10 +1,10 @@
 """Could the LeNet family's CPU step get faster without PyTorch's own small-channel convolutions?
 
-    python benchmarks/cpu_conv_experiments.py [--model lenet] [--rounds 15] [--eager]
+    python benchmarks/cpu_conv_experiments.py [--model lenet] [--rounds 15] [--eager] [--no-amp]
 
 An experiment kept so that its figures in docs/benchmarks.md can be re-measured; nothing in the
-package uses it. It times the trainer's train step (bf16, batch 256, 28 pixels) round-robin, so that
-this machine's drift hits every variant alike, for:
+package uses it. It times the trainer's train step (bf16 where the CPU has it in hardware, else fp32;
+batch 256, 28 pixels) round-robin, so that this machine's drift hits every variant alike, for:
 
 - ``plain``: the model as built (oneDNN convolutions);
 - ``banded``: every stride-1 convolution with at most 8 input channels computed as one GEMM over image
@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from _timing import print_quartiles, round_robin_steps
+from _timing import add_no_amp, cpu_amp_dtype, precision_name, print_quartiles, round_robin_steps
 from moderncnn import create_model
 from moderncnn.train import init_weights, make_train_step
 
@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="lenet")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--eager", action="store_true", help="time the eager step instead of the compiled one")
+    add_no_amp(p)
     args = p.parse_args(argv)
+    amp_dtype = cpu_amp_dtype(args.no_amp)
     x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
     steps = {}
     for name in ("plain", "banded", "meanpool") + (() if args.eager else ("cpp_wrapper",)):
@@ -155,12 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         if name == "cpp_wrapper":
             # a function of its own: the same module class would reuse the plain variant's compiled code
             run = torch.compile(lambda inputs: model(inputs), dynamic=False)
-        steps[name] = make_train_step(run, opt, nn.CrossEntropyLoss(), amp_dtype=torch.bfloat16)
+        steps[name] = make_train_step(run, opt, nn.CrossEntropyLoss(), amp_dtype=amp_dtype)
         with inductor_config.patch(cpp_wrapper=name == "cpp_wrapper"):  # read when the graphs compile
             for _ in range(3):
                 steps[name](x, y)
     times = round_robin_steps(steps, x, y, args.rounds, per_round=4)
-    print_quartiles(f"{args.model} {'eager' if args.eager else 'compiled'}", times)
+    print_quartiles(f"{args.model} {'eager' if args.eager else 'compiled'}, {precision_name(amp_dtype)}", times)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
     python benchmarks/cpu_fold_bn.py [--models lenet_bn,lenet_bn_scratch] [--rounds 12] [--compile] [--no-amp]
 
 For each book recipe's model with such a pair (``moderncnn.layers.foldable_pairs``), at the recipe's batch size,
-on random grey images, the trainer's train step (bf16 autocast, stacked rows; ``--no-amp``: fp32) is built three
-ways and timed round-robin in one process, so that this machine's drift hits them alike:
+on random grey images, the trainer's train step (bf16 autocast where the CPU has bf16 in hardware, else fp32,
+as the trainer picks it; stacked rows; ``--no-amp``: fp32) is built three ways and timed round-robin in one
+process, so that this machine's drift hits them alike:
 
 - ``before``: the trainer's CPU settings before folding: eagerly NCHW (batch norm over 6 channels is slow in
   channels_last), compiled channels_last; the matmul pooling eagerly only;
@@ -24,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from _cli import model_names
-from _timing import print_quartiles, round_robin_steps
+from _timing import add_no_amp, cpu_amp_dtype, precision_name, print_quartiles, round_robin_steps
 from moderncnn import create_model
 from moderncnn.layers import foldable_pairs, use_folded_bn, use_patch_pool, use_row_stacked
 from moderncnn.recipes import get_recipe
@@ -67,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated (default: {DEFAULT_MODELS})")
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--compile", action="store_true", help="time the compiled step (one graph per variant)")
-    p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast")
+    add_no_amp(p)
     args = p.parse_args(argv)
-    amp_dtype = None if args.no_amp else torch.bfloat16
+    amp_dtype = cpu_amp_dtype(args.no_amp)
     device = torch.device("cpu")
     for name in model_names(args.models):
         recipe = get_recipe(name, "book")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             for _ in range(3):  # compiled: its graph
                 steps[variant](x, y)
         times = round_robin_steps(steps, x, y, args.rounds, per_round=8)
-        print_quartiles(f"{name} ({'bf16' if amp_dtype else 'fp32'}{', compiled' if args.compile else ''})", times)
+        print_quartiles(f"{name} ({precision_name(amp_dtype)}{', compiled' if args.compile else ''})", times)
         before, fold = (sorted(times[v])[len(times[v]) // 2] for v in ("before", "fold"))
         print(f"{name}: before/fold {before / fold:.2f}x (medians); max relative gradient difference "
               f"{_gradient_difference(name):.1e}", flush=True)

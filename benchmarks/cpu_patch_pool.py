@@ -3,9 +3,9 @@
     python benchmarks/cpu_patch_pool.py [--models lenet,lenet_bn,...] [--rounds 10] [--compile] [--no-amp]
 
 For each book recipe's model with an ``nn.AvgPool2d`` whose window is its stride, at the recipe's batch size
-and image size, on random grey images, one trainer train step (bf16 autocast, channels_last and stacked rows
-as the trainer picks them; ``--no-amp``: fp32) is timed round-robin in one process, so that this machine's
-drift hits both variants alike:
+and image size, on random grey images, one trainer train step (bf16 autocast where the CPU has it in hardware,
+channels_last and stacked rows as the trainer picks them; ``--no-amp``: fp32) is timed round-robin in one
+process, so that this machine's drift hits both variants alike:
 
 - ``plain``: ``nn.AvgPool2d`` as built (PyTorch's ``avg_pool2d_backward``, or what the compiler makes of it);
 - ``patch``: the same layers as ``moderncnn.layers.PatchAvgPool2d`` (the backward as a matmul and a broadcast).
@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from _cli import model_names
-from _timing import book_model_and_batch, round_robin
+from _timing import add_no_amp, book_model_and_batch, precision_name, round_robin
 from moderncnn.layers import restore_avg_pool2d, use_patch_pool, use_row_stacked
 from moderncnn.train import build_loss, build_optimizer, compiled, make_train_step
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--steps", type=int, default=0, help="steps per round (default: 8 at 28 px, else 1)")
     p.add_argument("--compile", action="store_true", help="time the compiled step (one graph per variant)")
-    p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast")
+    add_no_amp(p)
     args = p.parse_args(argv)
     device = torch.device("cpu")
     for name in model_names(args.models):
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         restore_avg_pool2d(pools)
         diff = max((a - b).abs().max().item() for a, b in zip(plain, ours))
         stats = {v: (sorted(t)[len(t) // 2], sorted(t)[len(t) // 4]) for v, t in times.items()}
-        print(f"{name} (batch {recipe.batch_size}, {size} px, {'bf16' if amp_dtype else 'fp32'}, channels_last {cl}"
+        print(f"{name} (batch {recipe.batch_size}, {size} px, {precision_name(amp_dtype)}, channels_last {cl}"
               f"{', compiled' if args.compile else ''}, {len(pools)} pooling layers): "
               + ", ".join(f"{v} {med:.1f} ms (first quartile {q1:.1f})" for v, (med, q1) in stats.items())
               + f"; plain/patch {stats['plain'][0] / stats['patch'][0]:.2f}x; max |gradient difference| {diff:.1e}",

@@ -3,7 +3,8 @@
     python benchmarks/cpu_row_stacked.py [--models lenet,alexnet,...] [--rounds 3] [--compile]
 
 For each book recipe's model, at the recipe's batch size and image size, on random grey images, one
-trainer train step (bf16 autocast and channels_last as the trainer picks them) is timed round-robin in one
+trainer train step (bf16 autocast, where the CPU has it in hardware, and channels_last as the trainer
+picks them) is timed round-robin in one
 process, so that this machine's drift hits every variant alike:
 
 - ``plain``: the model as built (oneDNN's single-channel convolution);
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         times = round_robin(step, x, y, {v: switch(v) for v in variants}, args.rounds,
                             args.steps or (8 if size <= 32 else 1))
         model.eval()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=speed["amp_dtype"] or torch.float32,
+                                                  enabled=speed["amp_dtype"] is not None):
             plain = model(x[:8]).float()
             converted = use_row_stacked(model, cl)
             rows = model(x[:8]).float()

@@ -1,6 +1,6 @@
 """Negative experiment: LeNet's book step as 2 data-parallel processes of 1 thread each, on a 2-core CPU.
 
-    python benchmarks/cpu_two_processes.py [--model lenet] [--steps 100] [--eager]
+    python benchmarks/cpu_two_processes.py [--model lenet] [--steps 100] [--eager] [--no-amp]
 
 One process with 2 OpenMP threads spends part of each small kernel synchronising its threads; two
 single-threaded processes, each on half of the batch, do not, but must average their gradients every
@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from _timing import add_no_amp, cpu_amp_dtype, precision_name
+
 import moderncnn
 from moderncnn.recipes import get_recipe
 from moderncnn.train import build_loss, build_optimizer, compiled, init_weights
@@ -34,7 +36,7 @@ def _free_port() -> int:
 
 
 def time_steps(model_name: str, batch: int, steps: int, compile_mode: str | None, world: int = 1,
-               averaging: str = "flat") -> float:
+               averaging: str = "flat", amp_dtype: torch.dtype | None = None) -> float:
     """Milliseconds per step of this process's share (``batch``) of the book recipe's step.
 
     ``averaging`` (with ``world > 1``): "flat" (one all-reduce of all gradients), "ddp" or "none".
@@ -58,7 +60,7 @@ def time_steps(model_name: str, batch: int, steps: int, compile_mode: str | None
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = loss_fn(net(x), y)
         loss.backward()
         if world > 1 and averaging == "flat":
@@ -85,7 +87,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, averagin
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        ms = time_steps(args.model, args.batch // world, args.steps, args.compile_mode, world, averaging)
+        ms = time_steps(args.model, args.batch // world, args.steps, args.compile_mode, world, averaging,
+                        args.amp_dtype)
         if rank == 0:
             out.put(ms)
     finally:
@@ -105,11 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=256, help="the whole step's batch (the book's: 256)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--eager", action="store_true", help="no torch.compile")
+    add_no_amp(p)
     args = p.parse_args(argv)
     args.compile_mode = None if args.eager else "default"
-    print(f"{args.model}, batch {args.batch}, {'eager' if args.eager else 'compiled'}, bf16, channels_last, "
+    args.amp_dtype = cpu_amp_dtype(args.no_amp)
+    print(f"{args.model}, batch {args.batch}, {'eager' if args.eager else 'compiled'}, "
+          f"{precision_name(args.amp_dtype)}, channels_last, "
           f"{os.cpu_count()} cores, torch {torch.__version__}")
-    results = [("1 process, every core", time_steps(args.model, args.batch, args.steps, args.compile_mode)),
+    results = [("1 process, every core", time_steps(args.model, args.batch, args.steps, args.compile_mode,
+                                                         amp_dtype=args.amp_dtype)),
                ("2 processes x 1 thread, gradients all-reduced", run_two(args, "flat")),
                ("2 processes x 1 thread, DDP", run_two(args, "ddp")),
                ("2 processes x 1 thread, no all-reduce (bound)", run_two(args, "none"))]

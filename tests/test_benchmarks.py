@@ -126,8 +126,8 @@ def test_banded_convolution_experiment_matches_conv2d(capsys):
         assert_same_as_conv2d(banded, conv, torch.randn(3, c, h, w, dtype=torch.float64, requires_grad=True))
     x = torch.randn(2, 3, 8, 6)
     torch.testing.assert_close(experiments.MeanPool2d(2)(x), nn.AvgPool2d(2)(x))
-    experiments.main(["--eager", "--rounds", "1"])
-    assert "lenet eager banded: first quartile" in capsys.readouterr().out
+    experiments.main(["--eager", "--rounds", "1", "--no-amp"])
+    assert "lenet eager, fp32 banded: first quartile" in capsys.readouterr().out
 
 
 def test_models_md_is_what_model_table_writes(capsys):
@@ -163,8 +163,9 @@ def test_batch_norm_experiment_runs(capsys):
     experiments = script("cpu_bn_experiments")
     experiments.main(["--eager", "--rounds", "1", "--variants", "plain,eager_op,matmul_stats,dynamic_threads"])
     lines = capsys.readouterr().out.strip().splitlines()
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"  # the trainer's default for this CPU
     assert [line.split(":")[0] for line in lines] == [
-        "lenet_bn eager plain", "lenet_bn eager eager_op", "lenet_bn eager matmul_stats"]  # settings: compiled only
+        f"lenet_bn eager, {precision} {v}" for v in ("plain", "eager_op", "matmul_stats")]  # settings: compiled only
     with pytest.raises(ValueError, match="unknown variant 'fast'"):
         experiments.main(["--variants", "plain,fast"])
 
@@ -191,6 +192,19 @@ def test_batch_norm_experiments_compute_batch_norm(how):
     torch.testing.assert_close(ours.running_var, plain.running_var)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_experiments_follow_the_trainers_precision(monkeypatch, native):
+    """bf16 only where the CPU has it in hardware (emulated, it is several times slower than fp32), as the
+    trainer decides; --no-amp: fp32 anyway."""
+    import moderncnn.train
+
+    timing = script("_timing")
+    monkeypatch.setattr(moderncnn.train, "cpu_has_native_bf16", lambda: native)
+    assert timing.cpu_amp_dtype() is (torch.bfloat16 if native else None)
+    assert timing.cpu_amp_dtype(no_amp=True) is None
+    assert timing.precision_name(timing.cpu_amp_dtype()) == ("bf16" if native else "fp32")
+
+
 def test_patch_pool_experiment_runs(capsys):
     experiments = script("cpu_patch_pool")
     experiments.main(["--models", "lenet,googlenet", "--rounds", "1", "--steps", "1"])
@@ -205,9 +219,10 @@ def test_fold_bn_experiment_runs(capsys):
     experiments = script("cpu_fold_bn")
     experiments.main(["--models", "lenet,lenet_bn", "--rounds", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"  # the trainer's default for this CPU
     assert lines[0] == "lenet: no batch norm after a single-channel convolution"
     assert [line.split(":")[0] for line in lines[1:4]] == [
-        "lenet_bn (bf16) before", "lenet_bn (bf16) fold", "lenet_bn (bf16) fold_nchw"]
+        f"lenet_bn ({precision}) before", f"lenet_bn ({precision}) fold", f"lenet_bn ({precision}) fold_nchw"]
     assert lines[4].startswith("lenet_bn: before/fold ")
     assert float(lines[4].split("max relative gradient difference ")[1]) < 1e-12  # float64: rounding only
 
