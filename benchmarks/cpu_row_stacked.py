@@ -4,8 +4,7 @@
 
 For each book recipe's model, at the recipe's batch size and image size, on random grey images, one
 trainer train step (bf16 autocast, where the CPU has it in hardware, and channels_last as the trainer
-picks them) is timed round-robin in one
-process, so that this machine's drift hits every variant alike:
+picks them) is timed round-robin in one process, so that this machine's drift hits every variant alike:
 
 - ``plain``: the model as built (oneDNN's single-channel convolution);
 - ``rows``: its single-channel convolutions computed over stacked rows, in the model's memory format;

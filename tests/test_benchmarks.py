@@ -22,6 +22,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnis
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared Fashion-MNIST copy not present")
 
 
+def trainer_precision() -> str:
+    """The CPU step's precision as the trainer picks it for this CPU, as the experiment scripts print it."""
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 @functools.cache  # once: a script that registers custom ops could not register them twice
 def script(name: str):
     sys.path.insert(0, str(BENCH))  # the scripts import each other as top-level modules
@@ -163,7 +168,7 @@ def test_batch_norm_experiment_runs(capsys):
     experiments = script("cpu_bn_experiments")
     experiments.main(["--eager", "--rounds", "1", "--variants", "plain,eager_op,matmul_stats,dynamic_threads"])
     lines = capsys.readouterr().out.strip().splitlines()
-    precision = "bf16" if cpu_has_native_bf16() else "fp32"  # the trainer's default for this CPU
+    precision = trainer_precision()
     assert [line.split(":")[0] for line in lines] == [
         f"lenet_bn eager, {precision} {v}" for v in ("plain", "eager_op", "matmul_stats")]  # settings: compiled only
     with pytest.raises(ValueError, match="unknown variant 'fast'"):
@@ -209,7 +214,7 @@ def test_patch_pool_experiment_runs(capsys):
     experiments = script("cpu_patch_pool")
     experiments.main(["--models", "lenet,googlenet", "--rounds", "1", "--steps", "1"])
     lenet, googlenet = capsys.readouterr().out.strip().splitlines()
-    precision = "bf16" if cpu_has_native_bf16() else "fp32"  # the trainer's default for this CPU
+    precision = trainer_precision()
     assert lenet.startswith(f"lenet (batch 256, 28 px, {precision}, channels_last True, 2 pooling layers): plain ")
     assert lenet.endswith("max |gradient difference| 0.0e+00")  # the same numbers, computed otherwise
     assert googlenet == "googlenet: no average pooling over non-overlapping patches"
@@ -219,7 +224,7 @@ def test_fold_bn_experiment_runs(capsys):
     experiments = script("cpu_fold_bn")
     experiments.main(["--models", "lenet,lenet_bn", "--rounds", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
-    precision = "bf16" if cpu_has_native_bf16() else "fp32"  # the trainer's default for this CPU
+    precision = trainer_precision()
     assert lines[0] == "lenet: no batch norm after a single-channel convolution"
     assert [line.split(":")[0] for line in lines[1:4]] == [
         f"lenet_bn ({precision}) before", f"lenet_bn ({precision}) fold", f"lenet_bn ({precision}) fold_nchw"]

@@ -699,12 +699,10 @@ def test_the_run_says_how_it_computes_and_why_fp32_on_such_a_cpu(data28, native_
 
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_eval_takes_the_runs_precision_unless_this_cpu_would_emulate_it(native_bf16, monkeypatch):
-    import importlib
-
+    import moderncnn.train
     from moderncnn.cli import _eval_speed
 
-    # the module: the package's attribute of that name is the evaluate function
-    monkeypatch.setattr(importlib.import_module("moderncnn.evaluate"), "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(moderncnn.train, "cpu_has_native_bf16", lambda: native_bf16)
     model, cpu = create_model("lenet"), torch.device("cpu")
     meta = {"device": "cpu", "speed": {"amp_dtype": "bfloat16", "channels_last": True}}
     assert _eval_speed(meta, cpu, model, no_amp=False) == (torch.bfloat16 if native_bf16 else None, True)

@@ -137,17 +137,15 @@ def _eval_speed(meta: dict, device: torch.device, model: torch.nn.Module,
                 no_amp: bool) -> tuple[torch.dtype | None, bool]:
     """The run's autocast dtype and memory format when evaluated on its kind of device, so that the test
     accuracy printed at the end of training comes out again; else the device's defaults."""
-    from .evaluate import cpu_has_native_bf16
     from .train import default_speed
 
-    speed = meta.get("speed", {})
+    speed, defaults = meta.get("speed", {}), default_speed(device, model)
     if str(meta.get("device", "")).split(":")[0] == device.type and "amp_dtype" in speed:
         amp_dtype = getattr(torch, speed["amp_dtype"]) if speed["amp_dtype"] else None
         channels_last = bool(speed.get("channels_last"))
-        if device.type == "cpu" and amp_dtype is not None and not cpu_has_native_bf16():
-            amp_dtype = None  # trained on a CPU with bf16 in hardware; emulated here, it would be 8x slower
+        if device.type == "cpu" and defaults["amp_dtype"] is None:
+            amp_dtype = None  # trained on a CPU with bf16 in hardware; emulated on this one, it would be 8x slower
     else:
-        defaults = default_speed(device, model)
         amp_dtype, channels_last = defaults["amp_dtype"], defaults["channels_last"]
     return (None if no_amp else amp_dtype), channels_last
 
