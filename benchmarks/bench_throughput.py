@@ -4,22 +4,21 @@ Both sides train the same model (the book's form, Xavier init, plain SGD at the
 recipe's lr and batch size) on the full Fashion-MNIST training set, resized to
 the recipe's size, on the same device, for the same number of batches after the
 same warm-up. moderncnn: the data set as one uint8 tensor on the device,
-batch-wise resize, bf16 autocast (where the device has bf16 in hardware),
-channels_last and (CUDA) the step as one CUDA graph as the trainer picks them
-for the device, no host sync in the step. On the CPU both pipelines run with the
-trainer's malloc setting (``moderncnn.cpumem``): it is process-wide, and the
-book's own process would not have it, so the speed-up is if anything understated.
+batch-wise resize, and every speed option as the trainer's policy decides it for
+the device and model (``moderncnn.train.speed``), no host sync in the step. On
+the CPU both pipelines run with the malloc setting of ``moderncnn train``
+(``moderncnn.cpumem``): it is process-wide, and the book's own process would not
+have it, so the speed-up is if anything understated (``--malloc-defaults``: neither).
 Reference: ``reference_pipeline.py`` (torchvision FashionMNIST + Resize +
 ToTensor, DataLoader(num_workers=4), fp32, a host sync per batch). Examples/sec are end to end (data loading included).
 
     python benchmarks/bench_throughput.py --data-dir ../shared/data/fashion-mnist [--device cuda] \
-        [--batches 20] [--models lenet,alexnet] [--json out.json]
+        [--batches 20] [--models lenet,alexnet] [--speed OPTION=off] [--machine NAME] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -33,15 +32,15 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import moderncnn  # noqa: E402
-from moderncnn.cpumem import keep_freed_memory  # noqa: E402
+from moderncnn.cli import parse_speed  # noqa: E402
+from moderncnn.cpumem import glibc_malloc, keep_freed_memory  # noqa: E402
 from moderncnn.data import DeviceLoader, load_dataset  # noqa: E402
-from moderncnn.distributed import World  # noqa: E402
-from moderncnn.layers import use_folded_bn, use_patch_pool, use_row_stacked  # noqa: E402
+from moderncnn.evaluate import select_device  # noqa: E402
 from moderncnn.recipes import BOOK_RECIPES, get_recipe  # noqa: E402
-from moderncnn.evaluate import cpu_has_native_bf16  # noqa: E402
-from moderncnn.train import (COMPILE_MODES, _device_name, _use_cuda_graph, build_loss, build_optimizer,  # noqa: E402
-                             compiled, default_speed, init_weights, make_train_step, select_device)
+from moderncnn.train import (COMPILE_MODES, build_loss, build_optimizer, compiled, init_weights,  # noqa: E402
+                             make_train_step, plan_speed)
 from _cli import model_names  # noqa: E402
+from _results import write  # noqa: E402
 from reference_pipeline import book_init, book_loader, endless, time_book_steps, torchvision_root  # noqa: E402
 
 
@@ -50,67 +49,45 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_step(name: str, data, device: torch.device, compile: str | None = None, amp: bool = True,
-               channels_last: bool | None = None, cuda_graph: bool | None = None, row_stacked: bool | None = None,
-               keep_memory: bool | None = None):
+def build_step(name: str, data, device: torch.device, compile: str | None = None, speed: dict | None = None):
     """The trainer's step for the book recipe of ``name``, built as fit() builds it, and its loader.
 
-    Returns (step, loader, settings). None for an option: the device's default, as fit() decides it.
+    Returns (step, loader, model, plan): the step runs inside ``plan.applied(model)``. ``speed``: overrides of
+    the speed policy, as ``fit(speed=...)`` takes them.
     """
     recipe = get_recipe(name, "book")
     torch.manual_seed(0)
     model = init_weights(moderncnn.create_model(name, **recipe.model_kwargs)).to(device)
-    speed = default_speed(device, model, compiled=compile is not None, image_size=recipe.resize or 28)
-    if not amp:
-        speed["amp_dtype"] = None
-    if channels_last is not None:
-        speed["channels_last"] = channels_last
-    # fit() stacks rows under autocast only (measured there); an explicit request is taken as it is
-    rows = speed["row_stacked"] and speed["amp_dtype"] is not None if row_stacked is None else row_stacked
-    graph = _use_cuda_graph(cuda_graph, speed["cuda_graph"], device, recipe, World(), compile)  # as fit() decides
-    if speed["channels_last"]:
+    plan = plan_speed(device, model, image_size=recipe.resize or 28, compile=compile, overrides=speed)
+    if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if rows:
-        use_row_stacked(model, speed["channels_last"])
-    if speed["fold_bn"]:
-        use_folded_bn(model)
-    if speed["patch_pool"]:
-        use_patch_pool(model)
-    keep = speed["keep_memory"] if keep_memory is None else keep_memory
-    kept = keep and keep_freed_memory()  # as fit() does (run_all set it for both pipelines)
     if compile:
         torch._dynamo.reset()  # each timing compiles afresh; many models would otherwise hit dynamo's cache limit
     net = compiled(model, compile, device)
     net.train()
-    step = make_train_step(net, build_optimizer(model, recipe, device), build_loss(recipe),
-                           amp_dtype=speed["amp_dtype"], cuda_graph=recipe.batch_size if graph else None)
+    step = make_train_step(net, build_optimizer(model, recipe, device), build_loss(recipe), amp_dtype=plan.amp,
+                           cuda_graph=recipe.batch_size if plan.cuda_graph else None)
     loader = DeviceLoader(data, recipe.batch_size, device=device, shuffle=True, drop_last=True,
-                          resize=recipe.resize, channels_last=speed["channels_last"])
-    settings = {"amp": str(speed["amp_dtype"]), "channels_last": speed["channels_last"], "row_stacked": rows,
-                "fold_bn": speed["fold_bn"], "patch_pool": speed["patch_pool"], "keep_memory": kept,
-                "compile": compile, "cuda_graph": graph}
-    return step, loader, settings
+                          resize=recipe.resize, channels_last=plan.channels_last)
+    return step, loader, model, plan
 
 
 def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: int, compile: str | None = None,
-                   amp: bool = True, channels_last: bool | None = None, cuda_graph: bool | None = None,
-                   row_stacked: bool | None = None, keep_memory: bool | None = None) -> tuple[float, float, dict]:
-    """(examples/sec over the timed batches, seconds the warm-up took: compilation included, the settings)."""
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # as fit() does; the book's loop does not
+                   speed: dict | None = None) -> tuple[float, float, dict]:
+    """(examples/sec over the timed batches, seconds the warm-up took: compilation included, the plan)."""
     begin = time.perf_counter()
-    step, loader, settings = build_step(name, data, device, compile, amp, channels_last, cuda_graph, row_stacked,
-                                        keep_memory)
-    if settings["cuda_graph"]:  # the graph's capture is part of the warm-up, not of the timed steps
+    step, loader, model, plan = build_step(name, data, device, compile, speed)
+    if plan.cuda_graph:  # the graph's capture is part of the warm-up, not of the timed steps
         warmup = max(warmup, step.warmup + 1)
     it = endless(loader)
-    for i in range(warmup + batches):
-        if i == warmup:
-            sync(device)
-            start = time.perf_counter()
-        step(*next(it))
-    sync(device)
-    torch.backends.cudnn.benchmark = False
-    settings["cuda_graph_failed"] = getattr(step, "failed", None)
+    with plan.applied(model):
+        for i in range(warmup + batches):
+            if i == warmup:
+                sync(device)
+                start = time.perf_counter()
+            step(*next(it))
+        sync(device)
+    settings = {**plan.as_dict(), "cuda_graph_failed": getattr(step, "failed", None)}
     return batches * loader.batch_size / (time.perf_counter() - start), start - begin, settings
 
 
@@ -127,16 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=4, help="the reference DataLoader's workers (the book: 4)")
     p.add_argument("--compile", action="store_true", help="also time moderncnn with torch.compile")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile's mode; implies --compile")
-    p.add_argument("--no-amp", action="store_true", help="moderncnn in fp32")
-    p.add_argument("--channels-last", type=int, choices=(0, 1), default=None, help="force channels_last off/on")
-    p.add_argument("--cuda-graph", type=int, choices=(0, 1), default=None,
-                   help="force the eager step's CUDA graph off/on (default: as fit() decides; 1 where it cannot "
-                        "apply, e.g. with --compile-mode, is an error)")
+    p.add_argument("--speed", type=parse_speed, action="append", metavar="OPTION=on|off",
+                   help="override the speed policy for moderncnn, as 'moderncnn train --speed' does (repeatable)")
     p.add_argument("--malloc-defaults", action="store_true",
                    help="leave glibc's malloc as it is for both pipelines, as the book's own process runs (default: "
-                        "both with the trainer's setting, moderncnn.cpumem)")
+                        "both with the setting 'moderncnn train' makes on a CPU, moderncnn.cpumem)")
     p.add_argument("--skip-reference", action="store_true")
-    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--machine", help="the results folder's name (default: from the device's name)")
+    p.add_argument("--json", default=None, help="write the results here instead of docs/results/<machine>/")
     args = p.parse_args(argv)
     compile_mode = args.compile_mode or ("default" if args.compile else None)
     args.models = model_names(args.models)
@@ -151,13 +126,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, compile_mode: str | None) -> None:
-    if default_speed(device)["keep_memory"] and not args.malloc_defaults:
+    if device.type == "cpu" and glibc_malloc() and not args.malloc_defaults:
         keep_freed_memory()  # before either pipeline's first run, so that all of them have it alike
-    dev_name = _device_name(device)
-    if device.type == "cpu":  # what decides the trainer's precision there
-        dev_name += (f" ({torch.backends.cpu.get_cpu_capability()}, bf16 in hardware: "
-                     f"{'yes' if cpu_has_native_bf16() else 'no'})")
-    print(f"# medians of {args.repeats} alternating runs; {dev_name}, {torch.get_num_threads()} threads; torch {torch.__version__}, torchvision "
+    print(f"# medians of {args.repeats} alternating runs; {device}, {torch.get_num_threads()} threads; torch {torch.__version__}, torchvision "
           f"{torchvision.__version__}, moderncnn {moderncnn.__version__}; {args.batches} timed batches ({args.batches * args.small_factor} for 28-pixel recipes) after "
           f"{args.warmup} warm-up", flush=True)
     header = "| recipe | batch | resize | book pipeline ex/s (book's timer) | moderncnn ex/s | speed-up |"
@@ -166,9 +137,7 @@ def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, co
     print(header)
     print("|---" * (header.count("|") - 1) + "|", flush=True)
     results = []
-    opts = {"amp": not args.no_amp, "channels_last": None if args.channels_last is None else bool(args.channels_last),
-            "cuda_graph": None if args.cuda_graph is None else bool(args.cuda_graph),
-            "keep_memory": False if args.malloc_defaults else None}
+    opts = {"speed": dict(args.speed or [])}
     for name in args.models:
         recipe = get_recipe(name, "book")
         batches = args.batches * (args.small_factor if recipe.resize is None else 1)
@@ -199,10 +168,9 @@ def run_all(args: argparse.Namespace, device: torch.device, data, root: Path, co
             comp = med["moderncnn_compile"]
             line += f" {comp:,.0f} | {comp / ref:.1f}x | {max(runs['compile_seconds']):.0f} |"
         print(line, flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": dev_name, "torch": torch.__version__,
-                                               "batches": args.batches, "cuda_graph": args.cuda_graph,
-                                               "compile_mode": compile_mode, "results": results}, indent=1))
+    write({"batches": args.batches, "warmup": args.warmup, "repeats": args.repeats, "speed": opts["speed"],
+           "malloc_defaults": args.malloc_defaults, "compile_mode": compile_mode, "results": results},
+          "throughput", device, args.machine, args.json)
 
 
 if __name__ == "__main__":

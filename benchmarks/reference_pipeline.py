@@ -150,3 +150,35 @@ def time_book_steps(model: nn.Module, train_iter: DataLoader, lr: float, device:
             examples += X.shape[0]
     wall = time.perf_counter() - start
     return examples / wall, examples / step_time
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One whole book run in this process, as d2l runs it; prints its figures as one JSON line (for
+    ``whole_runs.py``, which starts one process a run)."""
+    import argparse
+    import json
+
+    import moderncnn
+    from moderncnn.recipes import get_recipe
+
+    p = argparse.ArgumentParser(description="d2l's train_ch6 on Fashion-MNIST, as the book runs it")
+    p.add_argument("model")
+    p.add_argument("--root", required=True, help="a folder laid out as torchvision's FashionMNIST expects")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=4, help="the DataLoader's workers (d2l: 4)")
+    p.add_argument("--subset", type=int, default=None, help="the first N training images only")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    recipe = get_recipe(args.model, "book")
+    torch.manual_seed(args.seed)
+    root = Path(args.root)
+    train_iter = book_loader(root, recipe.batch_size, recipe.resize, args.workers, persistent=False,
+                             subset=args.subset)
+    test_iter = book_loader(root, recipe.batch_size, recipe.resize, args.workers, persistent=False, train=False)
+    model = moderncnn.create_model(args.model, **recipe.model_kwargs)
+    print(json.dumps(train_ch6(model, train_iter, test_iter, args.epochs, recipe.lr, torch.device(args.device))))
+
+
+if __name__ == "__main__":
+    main()

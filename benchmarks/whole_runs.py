@@ -1,33 +1,34 @@
-"""Whole book experiments, end to end: the book's own train_ch6 against moderncnn's trainer, wall clock.
+"""Whole book experiments, end to end, one process a run: what a reader waits for, and what each speed option
+is worth there.
 
-    python benchmarks/whole_runs.py [--models lenet,lenet_bn,lenet_bn_scratch] [--epochs 10] [--repeats 2]
-                                    [--compile] [--json FILE]
+    python benchmarks/whole_runs.py [--models lenet,lenet_bn] [--epochs 10] [--repeats 3] [--book] [--ablate]
+        [--baseline SRC] [--subset N] [--test-subset N] [--device cpu] [--machine NAME] [--json FILE]
 
-The throughput benchmark (bench_throughput.py) times training batches; this times what a reader waits for:
-a whole 10-epoch experiment, from the data files to the last test accuracy, in one process. For each model,
-alternating (this machine's speed drifts by up to 2x from one minute to the next):
+Each run is a command of its own, timed from its start to its exit (the data files read, every epoch
+trained and tested, the checkpoints written). The variants, run once each a round, in an order that rotates
+from round to round so that the machine's drift hits them alike:
 
-- **book**: d2l's ``load_data_fashion_mnist`` + ``train_ch6`` (reference_pipeline.py): per-image
-  ``ToTensor`` (and ``Resize``), ``DataLoader(num_workers=4)`` started afresh every epoch, an fp32 step with
-  a host sync per batch, a test pass every epoch; without the book's animator, which would only slow it;
-- **moderncnn**: ``moderncnn.fit(model, "book", data_dir=...)`` with its defaults for the device (no run
-  directory, so no checkpoint writes); with ``--compile`` also ``fit(..., compile=True)``, shown as its first
-  run (compilation included, unless the inductor cache already holds the graphs) and the median of the later
-  ones (the cache warm).
+- ``moderncnn``: ``moderncnn train MODEL`` with the defaults of this kind of machine;
+- ``book`` (``--book``): d2l's ``load_data_fashion_mnist`` + ``train_ch6`` (``reference_pipeline.py``);
+- ``baseline`` (``--baseline SRC``): the same ``moderncnn train`` command with another checkout's code
+  (``SRC`` first on PYTHONPATH: a worktree's ``src``): a change's whole runs, before and after;
+- ``OPTION=off`` (``--ablate``): ``moderncnn train MODEL --speed OPTION=off`` for each speed option the policy
+  turns on for this model here, and ``--no-malloc``: an option stays on by default only where it makes the
+  whole run at least 1.1x faster (moderncnn.train.speed).
 
-Both start from the same seed and the book's Xavier init; their test accuracies differ as two runs of SGD in
-different precisions and orders do. On the CPU both run with the trainer's malloc setting (``moderncnn.cpumem``):
-it is process-wide, and the book's own process would not have it, so the speed-up is if anything understated.
+Prints a table (median seconds, ratio to ``moderncnn``, test accuracies) and writes the runs as JSON
+(``docs/results/<machine>/whole-runs-<date>.json`` unless ``--json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,100 +36,122 @@ from pathlib import Path
 import torch
 
 import moderncnn
-from moderncnn.cpumem import keep_freed_memory
+from moderncnn.cpumem import glibc_malloc
 from moderncnn.evaluate import select_device
 from moderncnn.recipes import get_recipe
-from moderncnn.train import default_speed
+from moderncnn.train import plan_speed
 from _cli import model_names
-from reference_pipeline import book_loader, torchvision_root, train_ch6
+from _results import spread, write
+from reference_pipeline import torchvision_root
 
+HERE = Path(__file__).resolve().parent
 LENETS = "lenet,lenet_bn,lenet_bn_scratch"
 
 
-def book_run(name: str, root: Path, device: torch.device, epochs: int, seed: int, workers: int,
-             subset: int | None = None) -> dict:
-    recipe = get_recipe(name, "book")
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    train_iter = book_loader(root, recipe.batch_size, recipe.resize, workers, persistent=False, subset=subset)
-    test_iter = book_loader(root, recipe.batch_size, recipe.resize, workers, persistent=False, train=False)
-    model = moderncnn.create_model(name, **recipe.model_kwargs)
-    result = train_ch6(model, train_iter, test_iter, epochs, recipe.lr, device)
-    result["seconds"] = time.perf_counter() - start  # the data sets' loading too, as fit's figure has it
-    return result
+def variants(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, list[str]]:
+    """Each variant's extra arguments to ``moderncnn train`` (the book's and the baseline's are marked)."""
+    out: dict[str, list[str]] = {"moderncnn": []}
+    if args.book:
+        out["book"] = ["<book>"]
+    if args.baseline:
+        out["baseline"] = ["<baseline>"]
+    if args.ablate:
+        recipe = get_recipe(name, "book")
+        model = moderncnn.create_model(name, num_classes=10, in_channels=1, **recipe.model_kwargs)
+        plan = plan_speed(device, model, image_size=args.resize or recipe.resize or 28)
+        for option in ("amp", "channels_last", "row_stacked", "patch_pool", "cuda_graph"):
+            if getattr(plan, option):
+                out[f"{option}=off"] = ["--speed", f"{option}=off"]
+        if device.type == "cpu" and glibc_malloc():
+            out["malloc=off"] = ["--no-malloc"]
+    return out
 
 
-def moderncnn_run(name: str, data_dir: str, device: torch.device, epochs: int, seed: int, compile: bool,
-                  subset: int | None = None) -> dict:
+def command(name: str, extra: list[str], args: argparse.Namespace, run_dir: Path, root: Path | None) -> tuple:
+    """The command line and environment of one run."""
+    env = dict(os.environ)
+    if extra == ["<book>"]:
+        cmd = [sys.executable, str(HERE / "reference_pipeline.py"), name, "--root", str(root), "--epochs",
+               str(args.epochs), "--seed", str(args.seed), "--workers", str(args.workers), "--device", str(args.device)]
+        return cmd + (["--subset", str(args.subset)] if args.subset else []), env
+    if extra == ["<baseline>"]:
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(args.baseline).resolve()), env.get("PYTHONPATH", "")])
+        extra = []
+    cmd = [sys.executable, "-m", "moderncnn", "train", name, "--data-dir", args.data_dir, "--no-download", "--quiet",
+           "--out", str(run_dir), "--overwrite", "--epochs", str(args.epochs), "--seed", str(args.seed),
+           "--device", str(args.device), *extra]
+    for flag, value in (("--subset", args.subset), ("--test-subset", args.test_subset), ("--resize", args.resize)):
+        if value:
+            cmd += [flag, str(value)]
+    return cmd, env
+
+
+def run_once(cmd: list[str], env: dict, run_dir: Path, variant: str) -> dict:
+    shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # the book's closing lines: the table has them
-        result = moderncnn.fit(name, "book", device=device, seed=seed, data_dir=data_dir, download=False,
-                               quiet=True, compile=compile, epochs=epochs, subset=subset)
-    final = result.final
-    return {"loss": final["loss"], "train_acc": final["train_acc"], "test_acc": final["test_acc"],
-            "examples_per_sec": final["examples_per_sec"], "seconds": time.perf_counter() - start}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ValueError(f"the {variant} run failed ({last})")
+    if cmd[1].endswith("reference_pipeline.py"):
+        final = json.loads(done.stdout.strip().splitlines()[-1])
+    else:
+        final = json.loads((run_dir / "run.json").read_text())["final"]
+    return {"seconds": seconds, **{k: final[k] for k in ("loss", "train_acc", "test_acc", "examples_per_sec")}}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"))
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default="cpu")
     p.add_argument("--models", default=LENETS, help="comma-separated book-recipe models")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=2, help="alternating runs per pipeline; medians are shown")
+    p.add_argument("--repeats", type=int, default=3, help="rounds; each runs every variant once")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--book", action="store_true", help="also the book's own pipeline")
+    p.add_argument("--ablate", action="store_true", help="also each speed option the policy turns on, off")
+    p.add_argument("--baseline", metavar="SRC", help="also moderncnn from another checkout's src folder")
     p.add_argument("--workers", type=int, default=4, help="the book's DataLoader workers (d2l: 4)")
-    p.add_argument("--compile", action="store_true", help="also moderncnn with torch.compile")
-    p.add_argument("--subset", type=int, default=None,
-                   help="train on N images only, for a quick check (the book: the first N; moderncnn: a "
-                        "class-balanced N)")
-    p.add_argument("--json", default=None, help="also write every run's figures here")
+    p.add_argument("--subset", type=int, help="train on N images only (the book: the first N)")
+    p.add_argument("--test-subset", type=int, help="moderncnn: test on N images only")
+    p.add_argument("--resize", type=int, help="moderncnn: another image size than the recipe's")
+    p.add_argument("--machine", help="the results folder's name (default: from the device's name)")
+    p.add_argument("--json", help="write the results here instead of docs/results/<machine>/")
     args = p.parse_args(argv)
     args.models = model_names(args.models)
     if not Path(args.data_dir).is_dir():
         p.error(f"no folder {args.data_dir}: pass --data-dir DIR, a folder with Fashion-MNIST's .gz files")
+    if args.baseline and not (Path(args.baseline) / "moderncnn").is_dir():
+        p.error(f"--baseline {args.baseline} holds no moderncnn package: give a checkout's src folder")
     device = select_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="moderncnn-whole-"))
     try:
-        results = run_all(args, device, torchvision_root(Path(args.data_dir), work))
+        root = torchvision_root(Path(args.data_dir), work) if args.book else None
+        results = [run_model(name, args, device, work, root) for name in args.models]
     finally:
-        shutil.rmtree(work, ignore_errors=True)  # the book's uncompressed copy of the data set
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
-                                               "torch": torch.__version__, "epochs": args.epochs,
-                                               "subset": args.subset,
-                                               "results": results}, indent=1))
+        shutil.rmtree(work, ignore_errors=True)
+    write({"epochs": args.epochs, "repeats": args.repeats, "seed": args.seed, "subset": args.subset,
+           "test_subset": args.test_subset, "results": results}, "whole-runs", device, args.machine, args.json)
 
 
-def run_all(args: argparse.Namespace, device: torch.device, root: Path) -> list[dict]:
-    if default_speed(device)["keep_memory"]:
-        keep_freed_memory()  # fit() sets it at its first run: here before the book's, so that all runs have it alike
-    print(f"# {args.epochs} epochs, seed {args.seed}, {device}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}; medians of {args.repeats} alternating runs: wall seconds (test accuracy)", flush=True)
-    pipelines = ["book", "moderncnn"] + (["moderncnn_compile"] if args.compile else [])
-    header = "| model | book | moderncnn | speed-up |" + (" moderncnn --compile | speed-up, first / later |"
-                                                          if args.compile else "")
-    print(header)
-    print("|---" * (header.count("|") - 1) + "|", flush=True)
-    results = []
-    for name in args.models:
-        runs: dict[str, list[dict]] = {k: [] for k in pipelines}
-        for _ in range(args.repeats):
-            runs["book"].append(book_run(name, root, device, args.epochs, args.seed, args.workers, args.subset))
-            for key in pipelines[1:]:
-                runs[key].append(moderncnn_run(name, args.data_dir, device, args.epochs, args.seed,
-                                               key == "moderncnn_compile", args.subset))
-        med = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
-        results.append({"model": name, "median_seconds": med, "runs": runs})
-        cells = [f"{med[k]:.1f} s ({statistics.median(r['test_acc'] for r in runs[k]):.3f})" for k in pipelines[:2]]
-        line = f"| {name} | {cells[0]} | {cells[1]} | {med['book'] / med['moderncnn']:.1f}x |"
-        if args.compile:
-            first, *later = runs["moderncnn_compile"]
-            warm = statistics.median(r["seconds"] for r in later) if later else first["seconds"]
-            line += (f" {first['seconds']:.1f} s first, {warm:.1f} s later ({first['test_acc']:.3f}) |"
-                     f" {med['book'] / first['seconds']:.1f}x / {med['book'] / warm:.1f}x |")
-        print(line, flush=True)
-    return results
+def run_model(name: str, args: argparse.Namespace, device: torch.device, work: Path, root: Path | None) -> dict:
+    kinds = variants(name, args, device)
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    order = list(kinds)
+    for r in range(args.repeats):
+        for variant in order[r % len(order):] + order[:r % len(order)]:
+            cmd, env = command(name, kinds[variant], args, work / "run", root)
+            runs[variant].append(run_once(cmd, env, work / "run", variant))
+    base = statistics.median(run["seconds"] for run in runs["moderncnn"])
+    print(f"\n{name}: {args.epochs} epochs, {args.repeats} rounds, {device}\n"
+          f"| variant | seconds (median, min-max) | moderncnn's speed-up over it | test acc |\n|---|---|---|---|")
+    for variant, rs in runs.items():
+        s = spread([r["seconds"] for r in rs])
+        print(f"| {variant} | {s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}) | {s['median'] / base:.2f}x | "
+              + ", ".join(f"{r['test_acc']:.3f}" for r in rs) + " |", flush=True)
+    return {"model": name, "variants": {k: " ".join(v) for k, v in kinds.items()},
+            "seconds": {k: spread([r["seconds"] for r in rs]) for k, rs in runs.items()}, "runs": runs}
 
 
 if __name__ == "__main__":

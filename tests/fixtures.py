@@ -11,6 +11,7 @@ from moderncnn.data import write_idx
 
 def write_fashion_idx(root: Path, train: int, test: int) -> Path:
     """``train``/``test`` 28x28 images in the IDX files Fashion-MNIST ships as, the label drawn as a bright row."""
+    root.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
     for split, n in (("train", train), ("t10k", test)):
         labels = (torch.arange(n) % 10).to(torch.uint8)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from moderncnn.cli import main, parse_model_arg
-from moderncnn.evaluate import cpu_has_native_bf16
+from moderncnn.train import cpu_has_native_bf16
 
 from fixtures import write_fashion_idx
 
@@ -188,7 +188,7 @@ def test_parse_model_arg(text, expected):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "lenett", "--data-dir", "{idx}"], "unknown model 'lenett'; did you mean lenet"),
-    (["train", "lenet", "--data-dir", "{idx}", "--lr", "-1", "--out", "{tmp}/x"], "lr must be > 0"),
+    (["train", "lenet", "--data-dir", "{idx}", "--lr", "-1", "--out", "{tmp}/x"], "lr must be a finite number > 0"),
     (["train", "lenet", "--dataset", "{tmp}/nothing-here", "--out", "{tmp}/x"], "no such folder of images: "),
     (["eval", "{tmp}/nowhere"], "no such checkpoint or run directory"),
     (["summary", "lenet", "--num-classes", "-3"], "num_classes must be a positive integer, got -3"),
@@ -249,3 +249,118 @@ def test_list_and_summary_still_work(capsys):
     assert code == 0 and "lenet_bn" in out.split()
     code, out, _ = run(["summary", "lenet"], capsys)
     assert code == 0 and out.strip()
+
+
+# -- where a run's data comes from ------------------------------------------------------------------------------
+
+def train_small(idx, out, capsys, *extra):
+    code, _, err = run(["train", "lenet", "--epochs", 1, "--subset", 64, "--test-subset", 20, "--batch-size", 32,
+                        "--data-dir", idx, "--no-download", "--out", out, "--quiet", "--device", "cpu", *extra], capsys)
+    assert code == 0, err
+
+
+def test_resume_and_eval_use_the_runs_own_data_never_the_sample(tmp_path, capsys):
+    idx = write_fashion_idx(tmp_path / "data", train=200, test=40)
+    out = tmp_path / "run"
+    train_small(idx, out, capsys)
+    recorded = json.loads((out / "run.json").read_text())["data"]
+    assert recorded["train"]["root"] == str(idx.resolve()) and not recorded["is_sample"]
+    # no --data-dir, and nothing in $MODERNCNN_DATA or the cache: the run's own folder, not the sample
+    code, _, err = run(["train", "lenet", "--epochs", 2, "--subset", 64, "--test-subset", 20, "--batch-size", 32,
+                        "--out", out, "--quiet", "--resume", "--no-download"], capsys)
+    assert code == 0, err
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["epochs_done"] == 2 and meta["data"]["train"] == recorded["train"] and not meta["data"]["is_sample"]
+    code, stdout, err = run(["eval", out, "--no-download"], capsys)
+    assert code == 0 and f"test (40 images, {idx}, " in stdout, err
+
+    # the data changed under the run: refused in one line, by resume and eval alike
+    write_fashion_idx(idx, train=200, test=41)
+    code, _, err = run(["train", "lenet", "--epochs", 3, "--out", out, "--resume", "--quiet"], capsys)
+    assert code == 2 and "is not the data the run used" in one_line_error(err, "train")
+    code, _, err = run(["eval", out], capsys)
+    assert code == 2 and "is not the data the run used" in one_line_error(err, "eval")
+    # and gone: said, with what to do
+    shutil.rmtree(idx)
+    code, _, err = run(["train", "lenet", "--epochs", 3, "--out", out, "--resume", "--quiet"], capsys)
+    assert code == 2 and "which is gone; pass --data-dir" in one_line_error(err, "train")
+    code, _, err = run(["eval", out], capsys)
+    assert code == 2 and "which is gone; pass --data-dir" in one_line_error(err, "eval")
+    assert json.loads((out / "run.json").read_text())["epochs_done"] == 2, "the run is as it was"
+
+
+def test_a_folder_with_one_split_is_refused_not_completed_from_elsewhere(tmp_path, capsys):
+    idx = write_fashion_idx(tmp_path / "data", train=200, test=40)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (idx / name).unlink()
+    code, _, err = run(["train", "lenet", "--data-dir", idx, "--out", tmp_path / "run", "--quiet"], capsys)
+    assert code == 2 and "holds the training files of fashion-mnist but not its test files" in \
+        one_line_error(err, "train")
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_from_python_gives_the_command_lines_answers(idx_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from moderncnn import load_checkpoint, predict
+
+    out = tmp_path / "run"
+    train_small(idx_dir, out, capsys, "--recipe", "modern")  # normalised inputs: the preprocessing matters
+    for i in range(3):
+        Image.new("L", (30 + i, 28), 60 * i).save(tmp_path / f"{i}.png")
+    files = [tmp_path / f"{i}.png" for i in range(3)]
+    code, stdout, _ = run(["predict", out, *files, "--topk", 3], capsys)
+    assert code == 0
+    model, meta = load_checkpoint(out)
+    assert model.preprocessing.normalize is not None and list(model.preprocessing.classes) == meta["data"]["classes"]
+    for answers in (predict(out, files), predict(model, files)):
+        lines = [f"{p}: " + ", ".join(f"{name} {prob:.3f}" for name, prob in top) for p, top in zip(files, answers)]
+        assert lines == stdout.splitlines()
+
+
+def test_eval_prints_its_results_before_it_writes_a_file(idx_dir, tmp_path, capsys, monkeypatch):
+    import errno
+    import importlib
+
+    out = tmp_path / "run"
+    train_small(idx_dir, out, capsys)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(importlib.import_module("moderncnn.evaluate"), "plot_confusion", read_only)
+    code, stdout, err = run(["eval", out], capsys)
+    assert code == 2 and "test acc" in stdout and "Ankle boot" in stdout
+    assert "cannot write confusion.png in" in one_line_error(err, "eval") and "--out DIR" in err
+
+
+def test_a_diverging_run_exits_non_zero_in_one_line(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(["train", "lenet_bn", "--recipe", "modern", "--lr", "1e30", "--epochs", 3, "--subset", 64,
+                        "--batch-size", 32, "--data-dir", idx_dir, "--out", out, "--quiet"], capsys)
+    line = one_line_error(err, "train")
+    assert code == 2 and "the loss became" in line and "lower --lr" in line
+    text = (out / "run.json").read_text()
+    assert json.loads(text)["status"] == "diverged" and "NaN" not in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
+    (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
+    (["--resume", "--overwrite"], "pass one of them"),
+])
+def test_bad_values_are_refused_before_anything_is_written(argv, message, idx_dir, tmp_path, capsys):
+    code, _, err = run(["train", "lenet", "--data-dir", idx_dir, "--out", tmp_path / "run", *argv], capsys)
+    assert code == 2 and message in one_line_error(err, "train")
+    assert not (tmp_path / "run").exists()
+
+
+def test_speed_options_from_the_command_line(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_small(idx_dir, out, capsys, "--speed", "patch_pool=off", "--speed", "channels_last=on")
+    recorded = json.loads((out / "run.json").read_text())["speed"]
+    assert recorded["patch_pool"] is False and recorded["channels_last"] is True
+    assert recorded["why"]["patch_pool"] == "asked for"
+    with pytest.raises(SystemExit):
+        main(["train", "lenet", "--speed", "fold_bn=off"])
+    assert "--speed must be OPTION=on|off with OPTION one of amp, channels_last" in capsys.readouterr().err

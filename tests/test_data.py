@@ -233,11 +233,13 @@ def test_downloads_verify_the_canonical_md5(tmp_path, monkeypatch, split):
     monkeypatch.setattr(tv_utils, "download_url", download_url)
     with pytest.raises(DataError, match=r"cache/moderncnn/fashion-mnist/.*bad magic"):
         load_dataset("fashion-mnist", split)
-    assert calls == [(f"{stem}.gz", CANONICAL_MD5[f"{stem}.gz"]) for stem in STEMS[split]]
+    # both splits, whichever is asked for: a run's train and test sets come from one place
+    assert calls == [(f"{stem}.gz", CANONICAL_MD5[f"{stem}.gz"]) for stem in STEMS["train"] + STEMS["test"]]
 
 
 def test_download_falls_through_mirrors_and_lands_in_the_cache(tmp_path, monkeypatch):
     source = tmp_path / "remote"
+    write_split(source, "train")
     images = write_split(source, "test")
     calls = []
 
@@ -252,8 +254,8 @@ def test_download_falls_through_mirrors_and_lands_in_the_cache(tmp_path, monkeyp
     ds = load_dataset("mnist", "test")
     cache = tmp_path / "cache" / "moderncnn" / "mnist"
     assert ds.source == f"downloaded to {cache}" and torch.equal(ds.images[:, 0], images)
-    assert len(calls) == 3 and "ossci" in calls[0] and "lecun" in calls[1]
-    assert sorted(p.name for p in cache.glob("*.gz")) == sorted(f"{s}.gz" for s in STEMS["test"])
+    assert len(calls) == 5 and "ossci" in calls[0] and all("lecun" in c for c in calls[1:])
+    assert sorted(p.name for p in cache.glob("*.gz")) == sorted(f"{s}.gz" for s in STEMS["train"] + STEMS["test"])
     assert load_dataset("mnist", "test", download=False).source == str(cache)
 
 

@@ -156,7 +156,7 @@ def test_fewer_test_images_than_processes_is_a_one_line_error(idx_dir, tmp_path,
     # a one-member gloo group standing in for two processes: the check runs before any per-process work
     import socket
 
-    import moderncnn.train as train
+    import moderncnn.train.trainer as train
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -172,7 +172,7 @@ def test_fewer_test_images_than_processes_is_a_one_line_error(idx_dir, tmp_path,
 
 
 def test_a_single_process_on_one_of_several_gpus_says_how_to_use_them_all(monkeypatch):
-    from moderncnn.train import _other_gpus_hint
+    from moderncnn.train.report import other_gpus_hint as _other_gpus_hint
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     hint = _other_gpus_hint(World(), torch.device("cuda", 0))

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import moderncnn
-from moderncnn.layers import RowStackedConv2d, restore_conv2d, row_stackable, use_row_stacked
+from moderncnn.layers import RowStackedConv2d, row_stackable, use_row_stacked
 
 from fixtures import assert_same_as_conv2d
 
@@ -24,7 +24,7 @@ def test_same_outputs_and_gradients_as_conv2d(kernel, stride, padding, size, cha
     conv = nn.Conv2d(1, 4, kernel, stride, padding).double()
     rows = nn.Conv2d(1, 4, kernel, stride, padding).double()
     rows.load_state_dict(conv.state_dict())
-    assert use_row_stacked(rows, channels_last) == [rows] and type(rows) is RowStackedConv2d
+    assert use_row_stacked(rows, channels_last).modules() == [rows] and type(rows) is RowStackedConv2d
     x = torch.randn(3, 1, *size, dtype=torch.float64, requires_grad=True)
     assert_same_as_conv2d(rows, conv, x)
     assert rows(x).is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -70,8 +70,8 @@ def test_only_plain_single_channel_convolutions_are_converted():
     assert [row_stackable(m) for m in model] == [False] * len(keep) + [True] * len(converted)
     keys = list(model.state_dict())
     done = use_row_stacked(model)
-    assert done == converted and list(model.state_dict()) == keys
-    restore_conv2d(done)
+    assert done.modules() == converted and list(model.state_dict()) == keys
+    done.restore()
     assert all(type(m) is nn.Conv2d for m in converted) and not hasattr(converted[0], "stack_channels_last")
 
 
@@ -86,4 +86,4 @@ def test_every_model_computes_the_same_with_its_stem_over_stacked_rows(name):
     converted = use_row_stacked(model)
     assert converted, "every model's first convolution takes the one grey channel"
     torch.testing.assert_close(model(x), plain)
-    restore_conv2d(converted)
+    converted.restore()

@@ -14,14 +14,15 @@ from safetensors.torch import load_file
 
 from moderncnn import create_model, list_models
 from moderncnn.checkpoint import load_checkpoint, load_pretrained, load_weights, save_weights, weights_epoch
-from moderncnn.cpumem import glibc_malloc
 from moderncnn.data import ImageDataset
 from moderncnn.evaluate import evaluate, format_per_class, load_images, predict
 from moderncnn.layers import BatchNorm
 from moderncnn.models import ModelBase
 from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, MODERN_LR, OWN_VALUES, Recipe, get_recipe
-from moderncnn.train import (_fit_resize, build_optimizer, build_scheduler, compile_mode_of, fit, format_final,
-                             init_weights, make_train_step)
+from moderncnn.rundir import RunDir
+from moderncnn.train import (build_optimizer, build_scheduler, compile_mode_of, fit, format_final, init_weights,
+                             make_train_step, plan_speed)
+from moderncnn.train.trainer import _fit_resize
 
 FAST = dict(epochs=2, batch_size=32, quiet=True, amp=False, device="cpu")
 
@@ -145,7 +146,7 @@ def test_generic_recipe_and_overrides():
         get_recipe("lenet", learning_rate=0.1)
     with pytest.raises(ValueError, match="choose one of: book, modern"):
         get_recipe("lenet", "fancy")
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
         get_recipe("lenet", lr=0)
 
 
@@ -217,7 +218,7 @@ def test_book_recipe_is_train_ch6(data28, tmp_path):
     for k, v in fresh.state_dict().items():  # lr 1e-30 leaves the weights as initialised
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
     assert min(lo for lo, _ in seen) == 0.0 and max(hi for _, hi in seen) == 1.0, "no normalisation"
-    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    state = RunDir(tmp_path / "run").load()[1]
     group = state["optimizer"]["param_groups"][0]
     assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (1e-30, 0, 0, False)
     assert state["scheduler"] is None
@@ -264,8 +265,10 @@ def test_aux_outputs_add_weighted_loss_and_accuracy_uses_logits():
 def test_run_dir_files(data28, tmp_path):
     out = tmp_path / "run"
     result = fit("lenet_bn", "book", out, train_data=data28[0], test_data=data28[1], **FAST)
-    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "metrics.jsonl", "model.safetensors",
-                                                     "run.json", "state.pt"], "no temporary files left"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "checkpoints", "curves.png", "metrics.jsonl", "model.safetensors", "run.json"], "no temporary files left"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0002.pt", "epoch-0002.safetensors",
+                                                                       "latest.json"], "epoch 1's pair removed"
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2] and lines == result.history
     assert {"loss", "train_acc", "test_acc", "examples_per_sec", "wall_seconds"} <= set(lines[0])
@@ -276,6 +279,7 @@ def test_run_dir_files(data28, tmp_path):
     assert {"python", "torch", "torchvision", "moderncnn"} <= set(meta["versions"])
     assert meta["data"] == {**meta["data"], "name": "toy", "source": "in memory", "is_sample": False,
                             "train_size": 128, "test_size": 32}
+    assert meta["data"]["train"]["examples"] == 128 and len(meta["data"]["test"]["sha256"]) == 64
     assert {"seed", "device", "device_name", "command", "start_time", "git", "final"} <= set(meta)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert weights_epoch(out / "model.safetensors") == 2
@@ -434,21 +438,13 @@ def test_resume_can_extend_a_finished_constant_lr_run(data8, tmp_path):
     assert [h["epoch"] for h in more.history] == [1, 2]
 
 
-def test_weights_newer_than_state_are_detected(data8, tmp_path):
-    kw = dict(train_data=data8[0], test_data=data8[1], **{**FAST, "batch_size": 16, "epochs": 1})
-    fit(tiny(), "book", tmp_path / "run", **kw)
-    save_weights(tmp_path / "run" / "model.safetensors", tiny(), epoch=2)  # cut off between the two files
-    with pytest.raises(ValueError, match="disagree"):
-        fit(tiny(), "book", tmp_path / "run", resume=True, **{**kw, "epochs": 2})
-
-
 def test_damaged_state_is_a_one_line_error_and_the_weights_stay(data8, tmp_path):
     kw = dict(train_data=data8[0], test_data=data8[1], **{**FAST, "batch_size": 16, "epochs": 1})
     fit(tiny(), "book", tmp_path / "run", **kw)
     weights = (tmp_path / "run" / "model.safetensors").read_bytes()
-    state = tmp_path / "run" / "state.pt"
+    state = RunDir(tmp_path / "run").checkpoint().state
     state.write_bytes(state.read_bytes()[:300])  # truncated, as by a full disk
-    with pytest.raises(ValueError, match=r"state.pt is damaged \(.*\); .* --overwrite") as err:
+    with pytest.raises(ValueError, match=r"epoch-0001.pt is damaged \(.*\); .* --overwrite") as err:
         fit(tiny(), "book", tmp_path / "run", resume=True, **{**kw, "epochs": 2})
     assert "\n" not in str(err.value)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
@@ -492,54 +488,6 @@ def test_channels_last_and_examples_per_sec(data28):
     assert result.run_dir is None and result.paths == {}
     assert all(h["examples_per_sec"] > 0 and h["examples"] == 128 and not h["warmup"] for h in result.history)
     assert result.final["device"] == "cpu"
-
-
-def test_cpu_stem_over_stacked_rows_with_bf16_only_and_the_model_returned_plain(data28):
-    from moderncnn.layers import RowStackedConv2d
-
-    seen = []
-    for amp in (True, False):  # True: bf16 asked for, on any CPU
-        model = create_model("lenet", num_classes=4)
-        stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-        hook = stem.register_forward_pre_hook(lambda m, args: seen.append(type(m)))
-        result = fit(model, "book", None, train_data=data28[0], test_data=data28[1], **{**FAST, "amp": amp})
-        hook.remove()
-        assert result.metadata["speed"]["row_stacked"] is amp
-        assert result.metadata["speed"]["amp_dtype"] == ("bfloat16" if amp else None)
-        assert type(stem) is nn.Conv2d  # the trained model is the plain one again
-        assert set(seen) == ({RowStackedConv2d} if amp else {nn.Conv2d})
-        seen.clear()
-
-
-def test_cpu_pooling_with_the_matmul_backward_and_the_model_returned_plain(data28):
-    from moderncnn.layers import PatchAvgPool2d
-
-    model = create_model("lenet", num_classes=4)
-    pools = [m for m in model.modules() if isinstance(m, nn.AvgPool2d)]
-    seen = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(type(m))) for m in pools]
-    result = fit(model, "book", None, train_data=data28[0], test_data=data28[1], **FAST)
-    for hook in hooks:
-        hook.remove()
-    assert result.metadata["speed"]["patch_pool"] is True
-    # and freed memory kept for the next step, where the C library is glibc (moderncnn.cpumem)
-    assert result.metadata["speed"]["keep_memory"] is glibc_malloc()
-    assert PatchAvgPool2d in set(seen) and all(type(m) is nn.AvgPool2d for m in pools)
-
-
-@pytest.mark.parametrize("name", ["lenet_bn", "lenet_bn_scratch"])
-def test_cpu_batch_norm_folded_while_training_and_the_model_returned_plain(data28, name):
-    model = create_model(name, num_classes=4)
-    conv, bn = model[0], model[1]
-    kinds, buffers = [], {k: v.clone() for k, v in bn.state_dict().items()}
-    hook = conv.register_forward_hook(lambda m, args, out: kinds.append((type(m).__name__, type(bn).__name__)))
-    result = fit(model, "book", None, train_data=data28[0], test_data=data28[1], **FAST)
-    hook.remove()
-    assert result.metadata["speed"]["fold_bn"] is True
-    assert ("BNFoldedConv2d", f"BNFolded{type(bn).__name__}") in set(kinds)  # no stacked rows in fp32
-    assert type(conv) is nn.Conv2d and type(bn) in (nn.BatchNorm2d, BatchNorm) and "folded_bn" not in vars(conv)
-    # the folded path kept the running statistics
-    assert all(not torch.equal(v, bn.state_dict()[k]) for k, v in buffers.items())
 
 
 def test_final_lines_in_the_books_format():
@@ -642,86 +590,6 @@ def test_predict_a_folder_in_batches(tmp_path):
         predict(model, files[:1], batch_size=0)
 
 
-@pytest.mark.parametrize("native_bf16", [True, False])
-@pytest.mark.parametrize("name", ["lenet", "googlenet", "lenet_bn", "lenet_bn_scratch", "resnet18_book", "narrow"])
-def test_default_speed_follows_the_measurements(name, native_bf16, monkeypatch):
-    import moderncnn.train
-    from moderncnn.train import default_speed
-
-    # bf16 only on a CPU that has it in hardware; the layout and the layers measured fastest on both kinds
-    monkeypatch.setattr(moderncnn.train, "cpu_has_native_bf16", lambda: native_bf16)
-    # batch norm over 6 channels that cannot be folded (three input channels): NCHW eagerly
-    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6)) if name == "narrow" else create_model(name)
-    cpu = default_speed(torch.device("cpu"), model)
-    assert cpu == {"amp_dtype": torch.bfloat16 if native_bf16 else None, "channels_last": name != "narrow",
-                   "row_stacked": True, "fold_bn": True, "patch_pool": True, "cuda_graph": False, "keep_memory": True}
-    # compiled, the pooling's backward as a matmul splits it from a batch norm's backward: slower there, unless
-    # that batch norm is folded into its convolution
-    compiled = default_speed(torch.device("cpu"), model, compiled=True)
-    assert compiled["channels_last"] and compiled["patch_pool"] is (name not in ("resnet18_book", "narrow"))
-    assert default_speed(torch.device("meta")) == {"amp_dtype": None, "channels_last": False, "row_stacked": False,
-                                                   "fold_bn": False, "patch_pool": False, "cuda_graph": False,
-                                                   "keep_memory": False}
-
-
-@pytest.mark.parametrize("amx, avx512_bf16, native", [(True, False, True), (False, True, True),
-                                                       (False, False, False), (None, None, False)])
-def test_cpu_has_native_bf16_reads_the_cpu_features(amx, avx512_bf16, native, monkeypatch):
-    from moderncnn.evaluate import cpu_has_native_bf16
-
-    for name, has in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
-        if has is None:  # an older torch without the check: counted as not there
-            monkeypatch.delattr(torch.cpu, name, raising=False)
-        else:
-            monkeypatch.setattr(torch.cpu, name, lambda has=has: has)
-    cpu_has_native_bf16.cache_clear()
-    try:
-        assert cpu_has_native_bf16() is native
-    finally:
-        monkeypatch.undo()
-        cpu_has_native_bf16.cache_clear()
-
-
-@pytest.mark.parametrize("native_bf16", [True, False])
-def test_the_run_says_how_it_computes_and_why_fp32_on_such_a_cpu(data28, native_bf16, monkeypatch, capsys):
-    import moderncnn.train
-
-    monkeypatch.setattr(moderncnn.train, "cpu_has_native_bf16", lambda: native_bf16)
-    result = fit("lenet", "book", None, train_data=data28[0], test_data=data28[1],
-                 **{**FAST, "quiet": False, "amp": None, "epochs": 1})
-    first = capsys.readouterr().err.splitlines()[0]
-    assert first.startswith("training lenet (book recipe: lr 0.9, batch 32, resize -, 1 epoch) on cpu, ")
-    assert first.endswith("bfloat16 autocast" if native_bf16 else "fp32 (this CPU has no bf16 in hardware)")
-    assert result.metadata["speed"]["amp_dtype"] == ("bfloat16" if native_bf16 else None)
-    fit("lenet", "book", None, train_data=data28[0], test_data=data28[1], **{**FAST, "quiet": False, "epochs": 1})
-    assert capsys.readouterr().err.splitlines()[0].endswith(" on cpu, fp32")  # asked for: no reason to give
-
-
-@pytest.mark.parametrize("native_bf16", [True, False])
-def test_eval_takes_the_runs_precision_unless_this_cpu_would_emulate_it(native_bf16, monkeypatch):
-    import moderncnn.train
-    from moderncnn.cli import _eval_speed
-
-    monkeypatch.setattr(moderncnn.train, "cpu_has_native_bf16", lambda: native_bf16)
-    model, cpu = create_model("lenet"), torch.device("cpu")
-    meta = {"device": "cpu", "speed": {"amp_dtype": "bfloat16", "channels_last": True}}
-    assert _eval_speed(meta, cpu, model, no_amp=False) == (torch.bfloat16 if native_bf16 else None, True)
-    assert _eval_speed(meta, cpu, model, no_amp=True) == (None, True)
-    fp32_run = {**meta, "speed": {"amp_dtype": None, "channels_last": False}}
-    assert _eval_speed(fp32_run, cpu, model, no_amp=False) == (None, False)
-
-
-def test_default_speed_knows_where_batch_norm_folds():
-    from moderncnn.train import default_speed
-
-    # at 224 pixels BN LeNet's moments would cost more than its batch norm: not folded, so NCHW eagerly and no
-    # matmul pooling compiled, as for any other narrow batch norm
-    model, cpu = create_model("lenet_bn"), torch.device("cpu")
-    for size, folds in ((28, True), (56, True), (224, False)):
-        assert default_speed(cpu, model, image_size=size)["channels_last"] is folds
-        assert default_speed(cpu, model, compiled=True, image_size=size)["patch_pool"] is folds
-
-
 def test_compile_modes():
     assert compile_mode_of(True) == "default" and compile_mode_of("reduce-overhead") == "reduce-overhead"
     assert compile_mode_of(False) is None and compile_mode_of(None) is None
@@ -745,7 +613,7 @@ def test_compiled_training_matches_eager(data28, tmp_path):
 
 
 def test_compiled_model_sees_only_full_batches(data28, monkeypatch):
-    import moderncnn.train as train
+    import moderncnn.train.loop as loop
 
     seen = []
 
@@ -758,7 +626,7 @@ def test_compiled_model_sees_only_full_batches(data28, monkeypatch):
             seen.append(x.shape[0])
             return self.model(x)
 
-    monkeypatch.setattr(train, "compiled", lambda model, mode, device=None: Recording(model))
+    monkeypatch.setattr(loop, "compiled", lambda model, mode, device=None: Recording(model))
     result = fit("lenet", "book", None, compile=True, **dict(FAST, batch_size=48, epochs=1),
                  train_data=data28[0], test_data=data28[1])
     assert seen == [48, 48]  # 128 images: two full batches compiled; the last 32 ran eagerly
@@ -786,20 +654,17 @@ def test_cuda_training_restores_the_callers_cudnn_benchmark(data28):
 
 
 def test_cuda_graph_only_where_it_applies(data28, tmp_path):
-    from moderncnn.distributed import World
-    from moderncnn.train import _use_cuda_graph
-
-    cuda, one, book = torch.device("cuda"), World(0, 1, 0), get_recipe("lenet", "book")
-    assert _use_cuda_graph(None, True, cuda, book, one, None)
-    assert not _use_cuda_graph(False, True, cuda, book, one, None)
-    assert _use_cuda_graph(None, True, cuda, book, one, "default")  # the compiled step, replayed whole
-    # a per-step lr schedule, several processes or torch.compile: off by default, an error when asked for
-    for recipe, world, mode, why in [(get_recipe("lenet", "modern"), one, None, "freeze the onecycle schedule's lr"),
-                                     (book, World(0, 2, 0), None, "for one process"),
-                                     (book, one, "reduce-overhead", "replays its own CUDA graphs")]:
-        assert not _use_cuda_graph(None, True, cuda, recipe, world, mode)
+    cuda = torch.device("cuda")
+    assert plan_speed(cuda).cuda_graph and not plan_speed(cuda, overrides={"cuda_graph": False}).cuda_graph
+    assert plan_speed(cuda, compile="default").cuda_graph  # the compiled step, replayed whole
+    # a per-step lr schedule, several processes or torch.compile's own graphs: off by default, an error when asked
+    for kwargs, why in [({"schedule": "onecycle"}, "freeze the onecycle schedule's lr"),
+                        ({"processes": 2}, "for one process"),
+                        ({"compile": "reduce-overhead"}, "replays its own CUDA graphs")]:
+        plan = plan_speed(cuda, **kwargs)
+        assert not plan.cuda_graph and why in plan.why["cuda_graph"]
         with pytest.raises(ValueError, match=f"--cuda-graph cannot be used here: it .*{why}.*; leave it out"):
-            _use_cuda_graph(True, True, cuda, recipe, world, mode)
+            plan_speed(cuda, overrides={"cuda_graph": True}, **kwargs)
     with pytest.raises(ValueError, match="--cuda-graph cannot be used here: it needs a CUDA device"):
         fit("lenet", "book", tmp_path / "run", train_data=data28[0], test_data=data28[1], cuda_graph=True, **FAST)
     assert not (tmp_path / "run" / "run.json").exists()

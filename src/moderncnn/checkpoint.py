@@ -1,27 +1,21 @@
-"""Run directories: atomic checkpoint files and the model rebuilt from them.
+"""Checkpoint files: written atomically, read with one-line errors, and the model rebuilt from a run.
 
-A run directory holds ``run.json`` (what was trained, how, on what),
-``model.safetensors`` (the weights after the last finished epoch),
-``state.pt`` (optimizer, scheduler, RNG, epoch and history: what ``--resume``
-needs), ``metrics.jsonl`` (one JSON object per epoch) and ``curves.png``.
-Every file is written to a temporary file in the same directory, fsync'ed and
-moved over the old one with ``os.replace``, so an interrupted write leaves the
-previous version intact. The weights carry their epoch in the safetensors
-metadata so a crash between the weights and the state is detected on resume.
+Every file is written to a temporary file in the same directory, fsync'ed and moved over the old one with
+``os.replace``, so an interrupted write leaves the previous version intact (:func:`atomic_write`). Weights
+are safetensors (no pickle; they carry their epoch in the metadata); the trainer's state is ``torch.save``'d
+and read back with ``weights_only=True``, so no file can run code. How a run directory puts these files
+together, and commits an epoch, is :mod:`moderncnn.rundir`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import pickle
-import signal
 import tempfile
-import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -30,36 +24,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import safe_open
 from safetensors.torch import save as st_save
 
-__all__ = ["RUN_FILES", "RunFiles", "atomic_write", "new_figure", "save_figure", "save_weights", "load_weights",
-           "weights_epoch", "save_state", "load_state", "read_run_json", "write_run_json", "resolve_run",
-           "load_checkpoint", "deferred_interrupt", "read_state_dict", "load_pretrained"]
-
-
-class RunFiles:
-    """The paths of one run directory."""
-
-    def __init__(self, run_dir: str | Path):
-        self.dir = Path(run_dir)
-        self.run_json = self.dir / "run.json"
-        self.weights = self.dir / "model.safetensors"
-        self.state = self.dir / "state.pt"
-        self.metrics = self.dir / "metrics.jsonl"
-        self.curves = self.dir / "curves.png"
-        self.confusion = self.dir / "confusion.png"
-
-    def all(self) -> list[Path]:
-        return [self.run_json, self.weights, self.state, self.metrics, self.curves, self.confusion]
-
-    def has_checkpoint(self) -> bool:
-        """A finished epoch to resume from: its weights and its state."""
-        return self.state.exists() and self.weights.exists()
+__all__ = ["atomic_write", "new_figure", "save_figure", "save_weights", "load_weights", "weights_epoch",
+           "state_dict_tensors", "save_state", "load_state", "resolve_run", "load_checkpoint", "read_state_dict",
+           "load_pretrained"]
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-RUN_FILES = tuple(p.name for p in RunFiles(".").all())
-
 
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one."""
@@ -76,8 +47,13 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every OS)
-        dfd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make the renames in ``folder`` durable (not possible on every OS: then a no-op)."""
+    with contextlib.suppress(OSError):
+        dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
@@ -103,22 +79,6 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so a checkpoint's files are never left half-updated."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda *a: received.append(a))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            raise KeyboardInterrupt
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     """The model inside torch.compile's and DistributedDataParallel's wrappers."""
     model = getattr(model, "_orig_mod", model)
@@ -127,17 +87,27 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def save_weights(path: str | Path, model: nn.Module, epoch: int) -> None:
-    """The model's state dict as safetensors (contiguous fp32 copies, so channels_last does not leak in)."""
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in _unwrap(model).state_dict().items()}
+def state_dict_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as contiguous CPU copies (channels_last does not leak into the file)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in _unwrap(model).state_dict().items()}
+
+
+def save_weights(path: str | Path, tensors: dict[str, torch.Tensor] | nn.Module, epoch: int) -> None:
+    """A state dict (or a model's) as safetensors, with its epoch in the metadata."""
+    if isinstance(tensors, nn.Module):
+        tensors = state_dict_tensors(tensors)
     atomic_write(path, st_save(tensors, metadata={"epoch": str(epoch), "format": "pt"}))
 
 
 def weights_epoch(path: str | Path) -> int | None:
     """The epoch stored in a weights file's metadata (None when it has none)."""
-    with safe_open(str(path), framework="pt") as f:
-        value = (f.metadata() or {}).get("epoch")
-    return int(value) if value is not None else None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            value = (f.metadata() or {}).get("epoch")
+        return int(value) if value is not None else None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file of weights ({_first_sentence(e)}); restore "
+                         f"it or train again") from None
 
 
 def _read_safetensors(path: Path, what_to_do: str) -> dict[str, torch.Tensor]:
@@ -255,49 +225,44 @@ def load_state(path: str | Path) -> dict[str, Any]:
                          f"weights) or restore the file") from None
 
 
-def write_run_json(path: str | Path, meta: dict[str, Any]) -> None:
-    atomic_write(path, (json.dumps(meta, indent=2, default=str) + "\n").encode())
+def resolve_run(path: str | Path) -> "RunDir":
+    """A run directory, or a ``model.safetensors`` / ``run.json`` file inside one, as a
+    :class:`~moderncnn.rundir.RunDir` that holds a run and finished weights."""
+    from .rundir import RunDir
 
-
-def read_run_json(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
-
-
-def resolve_run(path: str | Path) -> RunFiles:
-    """A run directory, or a ``model.safetensors`` file inside one, as :class:`RunFiles`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such checkpoint or run directory: {path}")
-    files = RunFiles(path if path.is_dir() else path.parent)
-    if path.is_file():
-        files.weights = path
-    for p in (files.weights, files.run_json):
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"{p} is missing: give a run directory written by 'moderncnn train' (it holds run.json and "
-                f"model.safetensors)")
-    return files
+    run = RunDir(path if path.is_dir() else path.parent)
+    if not run.exists():
+        raise FileNotFoundError(f"{run.run_json} is missing: give a run directory written by 'moderncnn train' "
+                                f"(it holds run.json and model.safetensors)")
+    if not run.weights_file().is_file():
+        raise FileNotFoundError(f"{run.dir} holds no weights yet (no epoch has finished)")
+    return run
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model from its run directory (or its ``model.safetensors``), in eval mode.
 
     Returns ``(model, metadata)``: metadata is ``run.json`` plus ``"epoch"`` (of the weights) and
-    ``"run_dir"``.
+    ``"run_dir"``. The model carries the run's input contract as ``model.preprocessing`` (a
+    :class:`~moderncnn.evaluate.Preprocessing`: channels, size, normalisation, class names), so
+    ``predict(model, files)`` and ``evaluate(model, dataset)`` prepare images as the run was trained.
     """
+    from .evaluate import Preprocessing
     from .registry import create_model
 
-    files = resolve_run(path)
-    meta = read_run_json(files.run_json)
-    try:
-        model = create_model(meta["model"], **meta.get("model_kwargs", {}))
-    except KeyError:
-        raise ValueError(f"{files.run_json} names no model; the run directory is damaged") from None
-    load_weights(files.weights, model)
-    meta["epoch"] = weights_epoch(files.weights)
-    meta["run_dir"] = str(files.dir)
+    run = resolve_run(path)
+    meta = run.read_meta()
+    kwargs = meta.get("model_kwargs", {})
+    if not isinstance(meta.get("model"), str) or not isinstance(kwargs, dict):
+        raise ValueError(f"{run.run_json} names no model (or its model_kwargs are not a JSON object); the run "
+                         f"directory is damaged")
+    model = create_model(meta["model"], **kwargs)
+    weights = run.weights_file()
+    load_weights(weights, model)
+    meta["epoch"] = weights_epoch(weights)
+    meta["run_dir"] = str(run.dir)
+    model.preprocessing = Preprocessing.from_meta(meta, run.run_json)
     return model.to(device).eval(), meta

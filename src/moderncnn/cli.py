@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .distributed import world_from_env
-from .train import COMPILE_MODES
+from .train.speed import COMPILE_MODES, SPEED_OPTIONS
 
 
 class CLIError(Exception):
@@ -40,6 +40,16 @@ def parse_model_arg(text: str) -> tuple[str, object]:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return key, value
+
+
+def parse_speed(text: str) -> tuple[str, bool]:
+    """``"patch_pool=off"`` -> ``("patch_pool", False)``: a speed option of the policy, on or off."""
+    key, sep, value = text.partition("=")
+    states = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
+    if not sep or key not in SPEED_OPTIONS or value.lower() not in states:
+        raise argparse.ArgumentTypeError(f"--speed must be OPTION=on|off with OPTION one of "
+                                         f"{', '.join(SPEED_OPTIONS)} (got {text!r})")
+    return key, states[value.lower()]
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -69,6 +79,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .cpumem import keep_freed_memory
+    from .evaluate import select_device
     from .train import fit
 
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "resize", "subset", "test_subset",
@@ -78,76 +90,75 @@ def cmd_train(args: argparse.Namespace) -> None:
         model_kwargs["ratio"] = args.ratio
     if model_kwargs:
         overrides["model_kwargs"] = model_kwargs
+    speed = dict(args.speed or [])
+    if args.malloc and select_device(args.device).type == "cpu":
+        keep_freed_memory()  # process-wide and for good: only here, where the command owns the process
     out = args.out or Path("runs") / f"{args.model}-{args.recipe}"
     fit(args.model, args.recipe, out, args.device, seed=args.seed, data_dir=args.data_dir,
         download=not args.no_download, amp=False if args.no_amp else None, channels_last=args.channels_last,
-        cuda_graph=args.cuda_graph, compile=args.compile_mode or args.compile, resume=args.resume,
+        cuda_graph=args.cuda_graph, speed=speed, compile=args.compile_mode or args.compile, resume=args.resume,
         overwrite=args.overwrite, quiet=args.quiet, command=args.command_line, init_from=args.init_from, **overrides)
     if not args.quiet and _main_process():
         print(f"run directory: {out}", file=sys.stderr)
 
 
-def _eval_dataset(meta: dict, given: str | None) -> str:
-    """The data set a run was trained on, as load_dataset takes it (or the one the user names)."""
-    from .data import DATASETS
-
-    if given:
-        return given
-    name = meta.get("data", {}).get("name", "")
-    if name in DATASETS:
-        return name
-    if name.startswith("folder:"):
-        return name.removeprefix("folder:")
-    raise CLIError(f"the run was trained on data {name!r} that cannot be loaded by name; pass --dataset")
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
     from .checkpoint import load_checkpoint
-    from .data import load_dataset
     from .evaluate import evaluate, format_per_class, plot_confusion, select_device
+    from .train.speed import eval_speed
 
     device = select_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
-    inputs = meta.get("input", {})
-    test = load_dataset(_eval_dataset(meta, args.dataset), "test", root=args.data_dir, download=not args.no_download,
-                        image_size=inputs.get("native_size"))
-    if list(test.classes) != meta.get("data", {}).get("classes", test.classes):
+    test = _eval_data(meta, args)
+    prep = model.preprocessing
+    if args.dataset is None and list(test.classes) != list(prep.classes):
         raise CLIError(f"the test set's classes differ from the run's ({len(test.classes)} vs "
-                       f"{len(meta['data']['classes'])}); pass the --dataset it was trained on")
-    normalize = inputs.get("normalize")
-    amp_dtype, channels_last = _eval_speed(meta, device, model, args.no_amp)
-    if channels_last:
+                       f"{len(prep.classes)}); pass the --dataset it was trained on")
+    plan = eval_speed(device, model, meta.get("speed"), meta.get("device"), amp=False if args.no_amp else None)
+    if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    batch_size = args.batch_size or meta.get("recipe", {}).get("batch_size") or 256
-    result = evaluate(model, test, device, batch_size=batch_size, resize=inputs.get("resize"),
-                      normalize=tuple(normalize) if normalize else None, subset=args.subset,
-                      amp_dtype=amp_dtype, channels_last=channels_last)
-    out = Path(args.out) if args.out else Path(meta["run_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    png = plot_confusion(result, out / "confusion.png",
-                         title=f"{meta['model']} on {test.name} test: accuracy {result['accuracy']:.3f}")
-    precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"
+    batch_size = args.batch_size or (meta.get("recipe") or {}).get("batch_size") or 256
+    result = evaluate(model, test, device, batch_size=batch_size, subset=args.subset, amp_dtype=plan.amp,
+                      channels_last=plan.channels_last)
+    precision = str(plan.amp).replace("torch.", "") if plan.amp else "fp32"
     print(f"{meta['model']} (epoch {meta.get('epoch')}) on {test.name} test ({result['num_examples']} images, "
           f"{test.source}, {precision}): test acc {result['accuracy']:.3f}")
-    print(format_per_class(result))
+    print(format_per_class(result), flush=True)
+    out = Path(args.out) if args.out else Path(meta["run_dir"])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        png = plot_confusion(result, out / "confusion.png",
+                             title=f"{meta['model']} on {test.name} test: accuracy {result['accuracy']:.3f}")
+    except OSError as e:
+        raise CLIError(f"cannot write confusion.png in {out} ({e.strerror or e}); pass --out DIR to write it "
+                       f"elsewhere") from None
     print(f"confusion matrix: {png}")
 
 
-def _eval_speed(meta: dict, device: torch.device, model: torch.nn.Module,
-                no_amp: bool) -> tuple[torch.dtype | None, bool]:
-    """The run's autocast dtype and memory format when evaluated on its kind of device, so that the test
-    accuracy printed at the end of training comes out again; else the device's defaults."""
-    from .train import default_speed
+def _eval_data(meta: dict, args: argparse.Namespace):
+    """The test split to score on: the run's own (its recorded folder unless --data-dir, checked against its
+    checksum; the sample only for a run on the sample), or the --dataset named."""
+    from .data import DATASETS, check_provenance, load_dataset, load_sample
 
-    speed, defaults = meta.get("speed", {}), default_speed(device, model)
-    if str(meta.get("device", "")).split(":")[0] == device.type and "amp_dtype" in speed:
-        amp_dtype = getattr(torch, speed["amp_dtype"]) if speed["amp_dtype"] else None
-        channels_last = bool(speed.get("channels_last"))
-        if device.type == "cpu" and defaults["amp_dtype"] is None:
-            amp_dtype = None  # trained on a CPU with bf16 in hardware; emulated on this one, it would be 8x slower
+    native = (meta.get("input") or {}).get("native_size")
+    if args.dataset:
+        return load_dataset(args.dataset, "test", root=args.data_dir, download=not args.no_download,
+                            image_size=native)
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    name = str(data.get("name", ""))
+    if name not in DATASETS and not name.startswith("folder:"):
+        raise CLIError(f"the run was trained on data {name!r} that cannot be loaded by name; pass --dataset")
+    recorded = data.get("test") if isinstance(data.get("test"), dict) else None
+    if data.get("is_sample"):
+        test = load_sample("test")
     else:
-        amp_dtype, channels_last = defaults["amp_dtype"], defaults["channels_last"]
-    return (None if no_amp else amp_dtype), channels_last
+        root = args.data_dir or (recorded or {}).get("root")
+        if args.data_dir is None and root is not None and not Path(root).is_dir():
+            raise CLIError(f"the run's test data was in {root}, which is gone; pass --data-dir with the same data")
+        test = load_dataset(name.removeprefix("folder:"), "test", root=root, download=not args.no_download,
+                            image_size=native, allow_sample=False)
+    check_provenance(recorded, test, "evaluate")
+    return test
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -167,13 +178,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if args.topk < 1:
         raise CLIError(f"--topk must be at least 1, got {args.topk}")
-    model, meta = load_checkpoint(args.checkpoint, select_device(args.device))
-    inputs = meta.get("input", {})
-    normalize = inputs.get("normalize")
+    model, _ = load_checkpoint(args.checkpoint, select_device(args.device))
     files = image_files(args.images)
-    results = predict(model, files, meta.get("data", {}).get("classes"), args.topk,
-                      size=inputs.get("size"), normalize=tuple(normalize) if normalize else None)
-    for path, top in zip(files, results):
+    for path, top in zip(files, predict(model, files, topk=args.topk)):
         print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
 
 
@@ -264,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay each step (forward, backward, update) as one CUDA graph (default: on for one "
                         "CUDA process without an lr schedule, with --compile too unless its mode makes its own "
                         "graphs: reduce-overhead, max-autotune)")
+    g.add_argument("--speed", type=parse_speed, action="append", metavar="OPTION=on|off",
+                   help="turn one speed option of the policy on or off (repeatable): " + ", ".join(SPEED_OPTIONS)
+                        + " (default: what measured faster on this kind of machine; run.json says what and why)")
+    g.add_argument("--no-malloc", dest="malloc", action="store_false",
+                   help="leave glibc's malloc as it is (default on a Linux CPU: it keeps freed memory for the "
+                        "next step, and the process its peak memory)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bar or per-epoch lines (the final result is still printed)")
     p.set_defaults(func=cmd_train)
@@ -390,9 +403,11 @@ def _main(argv: list[str] | None) -> int:
         _report(f"moderncnn {args.command}: error: out of memory ({what}); use a smaller --batch-size "
                 f"(or --resize)")
         return 2
-    except KeyboardInterrupt:
-        _report(f"moderncnn {args.command}: interrupted")
-        return 130
+    except KeyboardInterrupt as e:
+        from .train import Terminated
+
+        _report(f"moderncnn {args.command}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}")
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

@@ -56,14 +56,14 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def _run_row(run_dir: Path) -> dict[str, Any]:
-    from .checkpoint import RunFiles, read_run_json
+    from .rundir import RunDir
 
-    files = RunFiles(run_dir)
-    if not files.run_json.is_file():
+    files = RunDir(run_dir)
+    if not files.exists():
         raise ValueError(f"{run_dir} is not a run directory (no run.json): give directories written by "
                          f"'moderncnn train', or model names")
-    meta = read_run_json(files.run_json)
-    if "model" not in meta:
+    meta = files.read_meta()
+    if not isinstance(meta.get("model"), str):
         raise ValueError(f"{files.run_json} names no model; the run directory is damaged")
     inputs = meta.get("input", {})
     size = (inputs["channels"], inputs["size"], inputs["size"]) if "channels" in inputs and "size" in inputs \

@@ -3,17 +3,47 @@
 from __future__ import annotations
 
 import contextlib
-import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 
-__all__ = ["select_device", "cpu_has_native_bf16", "autocast", "evaluate", "format_per_class", "plot_confusion",
+__all__ = ["select_device", "autocast", "Preprocessing", "evaluate", "format_per_class", "plot_confusion",
            "load_images", "image_files", "predict"]
 
 Normalize = tuple[Sequence[float], Sequence[float]]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a trained model expects of an image: channels, side, normalisation, and the names of its classes.
+
+    :func:`~moderncnn.train.fit` and :func:`~moderncnn.checkpoint.load_checkpoint` attach it to the model as
+    ``model.preprocessing``; :func:`predict` and :func:`evaluate` follow it, so the library gives the command
+    line's answers. ``resize``: the side images were resized to in training (None: their native side).
+    """
+
+    channels: int
+    size: int
+    resize: int | None = None
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    classes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], where: Any = "run.json") -> "Preprocessing":
+        """From a run's metadata (run.json's ``input`` and ``data``); a malformed one is a one-line error."""
+        inputs, data = meta.get("input"), meta.get("data")
+        try:
+            norm = inputs.get("normalize")
+            return cls(channels=int(inputs["channels"]), size=int(inputs["size"]),
+                       resize=None if inputs.get("resize") is None else int(inputs["resize"]),
+                       normalize=None if norm is None else (tuple(map(float, norm[0])), tuple(map(float, norm[1]))),
+                       classes=tuple(str(c) for c in data.get("classes", ())))
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+            raise ValueError(f"{where}: its 'input' or 'data' section is malformed; the run directory is "
+                             f"damaged") from None
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -36,18 +66,6 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("--device mps asked for, but MPS is not available; use --device cpu")
     return device
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU does bf16 arithmetic in hardware (AMX or AVX-512 BF16), so that bf16 autocast pays.
-
-    Elsewhere oneDNN emulates bf16, far slower than fp32: on a 2-core AMD EPYC with AVX2 only, LeNet's book
-    train step took 111 ms under bf16 autocast and 14 ms in fp32, a 1024x1024 matmul ran at 1 against 170
-    GFLOP/s (docs/benchmarks.md). CPUs this cannot tell about (not x86) count as not having it.
-    """
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, so looked up with a fallback
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None,
@@ -80,13 +98,17 @@ def evaluate(model: nn.Module, data: Any, device: str | torch.device | None = No
              subset: int | None = None) -> dict[str, Any]:
     """Accuracy, per-class accuracy and confusion matrix of ``model`` on ``data``.
 
-    ``data`` is an :class:`~moderncnn.data.ImageDataset` (batched here with ``resize``/``normalize``) or an
-    iterable of ``(x, y)`` batches already prepared (e.g. a :class:`~moderncnn.data.DeviceLoader`).
+    ``data`` is an :class:`~moderncnn.data.ImageDataset` (batched here with ``resize``/``normalize``, by
+    default the model's ``preprocessing``, as a trained or loaded model has it) or an iterable of ``(x, y)``
+    batches already prepared (e.g. a :class:`~moderncnn.data.DeviceLoader`).
     ``subset=n``: only the first n images of a fixed class-balanced permutation of an ImageDataset. Counts
     stay on the device until the end (one host sync). Returns ``{"accuracy": float, "per_class": {class:
     accuracy}, "confusion": int64 tensor [true, predicted], "classes": [...], "num_examples": int}``.
     """
     device = select_device(device) if device is not None else next(model.parameters()).device
+    prep = getattr(model, "preprocessing", None)
+    if prep is not None and resize is None and normalize is None:
+        resize, normalize = prep.resize, prep.normalize
     batches, found = _batches(data, device, batch_size, resize, normalize, channels_last, subset)
     classes = list(classes or found or [])
     k = len(classes) or getattr(model, "num_classes", None)
@@ -196,17 +218,28 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor | Sequence[str | Path], classes: Sequence[str] | None = None,
-            topk: int = 3, *, size: int | None = None, normalize: Normalize | None = None,
-            device: str | torch.device | None = None, batch_size: int = 256) -> list[list[tuple[str, float]]]:
+def predict(model: nn.Module | str | Path, images: torch.Tensor | Sequence[str | Path],
+            classes: Sequence[str] | None = None, topk: int = 3, *, size: int | None = None,
+            normalize: Normalize | None = None, device: str | torch.device | None = None,
+            batch_size: int = 256) -> list[list[tuple[str, float]]]:
     """Top-k ``(class, probability)`` for each image.
 
-    ``images``: file paths (see :func:`image_files` for folders), or a batch (N, C, H, W) as uint8 or floats
-    in [0, 1]. They are resized to ``size`` (default: the model's ``default_image_size``) and normalised with
-    ``normalize=(mean, std)`` when the model was trained so. ``classes`` defaults to the class indices as
+    ``model``: a model, or a run directory (or its ``model.safetensors``) to load. ``images``: file paths
+    (see :func:`image_files` for folders), or a batch (N, C, H, W) as uint8 or floats in [0, 1]. They are
+    prepared as the model's ``preprocessing`` says (a trained or loaded model has it: its size, normalisation
+    and class names), else resized to ``size`` (default: the model's ``default_image_size``) and normalised
+    with ``normalize=(mean, std)``; ``classes`` default to the preprocessing's, else the class indices as
     strings. Files are read ``batch_size`` at a time, so a folder of any size fits in memory.
     """
+    if isinstance(model, (str, Path)):
+        from .checkpoint import load_checkpoint
+
+        model = load_checkpoint(model, select_device(device))[0]
     device = select_device(device) if device is not None else next(model.parameters()).device
+    prep = getattr(model, "preprocessing", None)
+    if prep is not None:
+        size, normalize = size or prep.size, normalize if normalize is not None else prep.normalize
+        classes = classes or prep.classes or None
     size = size or getattr(model, "default_image_size", None)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -214,6 +247,7 @@ def predict(model: nn.Module, images: torch.Tensor | Sequence[str | Path], class
         raise ValueError("predict needs size= for images read from files (the model has no default size)")
     from .data import resize_batch
 
+    channels = prep.channels if prep is not None else getattr(model, "in_channels", 3)
     names = list(classes) if classes else None
     model.eval()
     results: list[list[tuple[str, float]]] = []
@@ -224,7 +258,7 @@ def predict(model: nn.Module, images: torch.Tensor | Sequence[str | Path], class
             if size:
                 x = resize_batch(x, size)
         else:
-            x = load_images(chunk, getattr(model, "in_channels", 3), size).float() / 255
+            x = load_images(chunk, channels, size).float() / 255
         if normalize is not None:
             mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in normalize)
             x = (x - mean) / std

@@ -23,6 +23,7 @@ that, :data:`GENERIC`. Its resize is clamped to the sizes the model accepts;
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +75,10 @@ class Recipe:
     def __post_init__(self) -> None:
         checks = [
             (self.name in RECIPES, f"recipe name must be one of {', '.join(RECIPES)}"),
-            (self.lr > 0, "lr must be > 0"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
+            (math.isfinite(self.momentum) and self.momentum >= 0, f"momentum must be >= 0, got {self.momentum}"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.resize is None or self.resize >= 1, "resize must be >= 1 (or None: the native size)"),

@@ -5,10 +5,12 @@
 """
 
 from .base import DataError, ImageDataset
-from .datasets import DATASETS, ENV_VAR, default_data_dir, load_dataset, load_sample
+from .datasets import DATASETS, ENV_VAR, default_data_dir, load_dataset, load_sample, load_splits
 from .folder import load_image_folder
 from .idx import read_idx, write_idx
 from .loader import DeviceLoader, augment_batch, resize_batch
+from .provenance import check_provenance, provenance
 
-__all__ = ["DataError", "ImageDataset", "DATASETS", "ENV_VAR", "default_data_dir", "load_dataset", "load_sample",
-           "load_image_folder", "read_idx", "write_idx", "DeviceLoader", "augment_batch", "resize_batch"]
+__all__ = ["DataError", "ImageDataset", "DATASETS", "ENV_VAR", "default_data_dir", "load_dataset", "load_splits", "load_sample",
+           "load_image_folder", "read_idx", "write_idx", "DeviceLoader", "augment_batch", "resize_batch", "provenance",
+           "check_provenance"]

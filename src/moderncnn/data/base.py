@@ -18,7 +18,8 @@ class ImageDataset:
     """One split of a data set, held whole: ``images`` uint8 (N, C, H, W) and ``labels`` int64 (N,), on CPU.
 
     ``source`` says where it came from (a directory, "downloaded to DIR", or the embedded sample) and
-    ``is_sample`` is True for the embedded sample: both belong in a run's metadata.
+    ``is_sample`` is True for the embedded sample; ``root`` is the folder it was read from and ``files`` the
+    files (None and empty for the sample and for data made in memory): all belong in a run's metadata.
     """
 
     images: torch.Tensor
@@ -28,6 +29,8 @@ class ImageDataset:
     split: str
     source: str
     is_sample: bool = False
+    root: str | None = None
+    files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:

@@ -26,7 +26,7 @@ from .base import DataError, ImageDataset
 from .folder import load_image_folder
 from .idx import parse_idx, read_idx
 
-__all__ = ["DATASETS", "ENV_VAR", "default_data_dir", "load_dataset", "load_sample"]
+__all__ = ["DATASETS", "ENV_VAR", "default_data_dir", "load_dataset", "load_splits", "load_sample"]
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10")
 ENV_VAR = "MODERNCNN_DATA"
@@ -96,6 +96,32 @@ def load_dataset(name: str, split: str = "train", *, root: str | Path | None = N
     if key == "cifar10":
         return _load_cifar10(split, bases, download)
     return _load_idx_set(key, split, bases, download, allow_sample)
+
+
+def load_splits(name: str, *, root: str | Path | None = None, download: bool = True, image_size: int | None = None,
+                allow_sample: bool = True) -> tuple[ImageDataset, ImageDataset]:
+    """The train and test splits of a data set, as :func:`load_dataset` finds them, from ONE source: the
+    folder the training split is in, the download, or the embedded sample. A folder with one split and not
+    the other is a one-line error, never a test set from somewhere else."""
+    train = load_dataset(name, "train", root=root, download=download, image_size=image_size,
+                         allow_sample=allow_sample)
+    if train.is_sample:
+        return train, load_sample("test")
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in DATASETS:  # a folder of images: its splits are one folder's by construction
+        return train, load_dataset(name, "test", image_size=image_size)
+    folder = Path(train.root)
+    if key == "cifar10":
+        missing = [f for f in _cifar_files("test") if not (folder / f).is_file()]
+        if missing:
+            raise DataError(f"{folder} holds CIFAR-10's training batches but not {', '.join(missing)}; extract the "
+                            f"whole cifar-10-python.tar.gz there")
+        return train, _read_cifar(folder, "test", str(folder))
+    pair = _find_idx_pair(folder, "test")
+    if pair is None:
+        raise DataError(f"{folder} holds the training files of {key} but not its test files "
+                        f"({' and '.join(_IDX_FILES['test'])}[.gz]); put both splits in one folder")
+    return train, _read_idx_pair(key, "test", pair, str(folder))
 
 
 def load_sample(split: str = "train") -> ImageDataset:
@@ -192,7 +218,9 @@ def _make_idx_dataset(name: str, split: str, images: torch.Tensor, labels: torch
     if int(labels.max()) >= len(classes):
         raise DataError(f"{lbl_file}: label {int(labels.max())} out of range 0..{len(classes) - 1}; "
                         f"replace it with the original file")
-    return ImageDataset(images.unsqueeze(1), labels.long(), classes, name, split, source, is_sample)
+    root = str(Path(files[0]).resolve().parent) if files else None
+    return ImageDataset(images.unsqueeze(1), labels.long(), classes, name, split, source, is_sample, root=root,
+                        files=tuple(str(Path(f).resolve()) for f in files or ()))
 
 
 def _read_idx_pair(name: str, split: str, pair: tuple[Path, Path], source: str) -> ImageDataset:
@@ -210,7 +238,7 @@ def _load_idx_set(name: str, split: str, bases: list[Path], download: bool, allo
     if download and name not in _using_sample:
         folder = default_data_dir() / name
         tv_class = _torchvision_dataset(name)
-        wanted = [(f, md5) for f, md5 in tv_class.resources if f.removesuffix(".gz") in _IDX_FILES[split]]
+        wanted = list(tv_class.resources)  # both splits: train and test must come from one source
         try:
             _download(list(tv_class.mirrors), wanted, folder)
             return _read_idx_pair(name, split, _find_idx_pair(folder, split), f"downloaded to {folder}")
@@ -266,7 +294,7 @@ def _read_cifar(folder: Path, split: str, source: str) -> ImageDataset:
     classes = _unpickle(folder / cifar.meta["filename"]).get(cifar.meta["key"])
     if not isinstance(classes, list) or not classes:
         raise DataError(f"{folder / cifar.meta['filename']}: no class names; replace it with the original file")
-    images, labels = [], []
+    images, labels, paths = [], [], []
     for filename in _cifar_files(split):
         path = folder / filename
         entry = _unpickle(path)
@@ -280,7 +308,9 @@ def _read_cifar(folder: Path, split: str, source: str) -> ImageDataset:
             raise DataError(f"{path}: labels outside 0..{len(classes) - 1}; replace it with the original file")
         images.append(torch.from_numpy(data).reshape(-1, 3, 32, 32))
         labels.append(targets)
-    return ImageDataset(torch.cat(images), torch.cat(labels), classes, "cifar10", split, source)
+        paths.append(str(path.resolve()))
+    return ImageDataset(torch.cat(images), torch.cat(labels), classes, "cifar10", split, source,
+                        root=str(folder.resolve()), files=tuple(paths))
 
 
 def _download_cifar10(folder: Path) -> Path:

@@ -55,7 +55,7 @@ def load_image_folder(path: str | Path, split: str = "train", *, image_size: int
     images = torch.from_numpy(np.stack([_decode(p, mode, size) for p, _ in files]))
     images = images.unsqueeze(1) if mode == "L" else images.permute(0, 3, 1, 2)
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-    return ImageDataset(images.contiguous(), labels, classes, f"folder:{root}", split, source)
+    return ImageDataset(images.contiguous(), labels, classes, f"folder:{root}", split, source, root=str(root))
 
 
 def _classes(folder: Path) -> tuple[list[str], dict[str, int]]:

@@ -21,7 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PatchAvgPool2d", "patch_poolable", "use_patch_pool", "restore_avg_pool2d"]
+from .swap import ModuleSwaps
+
+__all__ = ["PatchAvgPool2d", "patch_poolable", "use_patch_pool"]
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -75,15 +77,10 @@ def patch_poolable(m: nn.Module) -> bool:
             and _pair(m.padding) == (0, 0) and not m.ceil_mode and m.divisor_override is None)
 
 
-def use_patch_pool(model: nn.Module) -> list[nn.Module]:
-    """Give ``model``'s non-overlapping ``nn.AvgPool2d`` layers the faster backward; returns those converted."""
-    converted = [m for m in model.modules() if patch_poolable(m)]
-    for m in converted:
-        m.__class__ = PatchAvgPool2d
-    return converted
-
-
-def restore_avg_pool2d(converted: list[nn.Module]) -> None:
-    """Undo :func:`use_patch_pool`: the layers are plain ``nn.AvgPool2d`` again."""
-    for m in converted:
-        m.__class__ = nn.AvgPool2d
+def use_patch_pool(model: nn.Module, swaps: ModuleSwaps | None = None) -> ModuleSwaps:
+    """Give ``model``'s non-overlapping ``nn.AvgPool2d`` layers the faster backward, recorded in ``swaps`` (a new
+    record if None), which is returned: its ``restore()`` makes them plain ``nn.AvgPool2d`` again."""
+    swaps = ModuleSwaps() if swaps is None else swaps
+    for m in [m for m in model.modules() if patch_poolable(m)]:
+        swaps.swap(m, PatchAvgPool2d)
+    return swaps

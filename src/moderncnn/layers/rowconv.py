@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["RowStackedConv2d", "row_stackable", "use_row_stacked", "restore_conv2d"]
+from .swap import ModuleSwaps
+
+__all__ = ["RowStackedConv2d", "row_stackable", "use_row_stacked"]
 
 
 class RowStackedConv2d(nn.Conv2d):
@@ -51,20 +53,13 @@ def row_stackable(m: nn.Module) -> bool:
             and m.padding_mode == "zeros" and not isinstance(m.padding, str) and m.kernel_size[0] > 1)
 
 
-def use_row_stacked(model: nn.Module, channels_last: bool = False) -> list[nn.Module]:
-    """Compute ``model``'s single-channel ``nn.Conv2d`` layers over stacked rows; returns those converted.
+def use_row_stacked(model: nn.Module, channels_last: bool = False, swaps: ModuleSwaps | None = None) -> ModuleSwaps:
+    """Compute ``model``'s single-channel ``nn.Conv2d`` layers over stacked rows, recorded in ``swaps`` (a new
+    record if None), which is returned: its ``restore()`` makes them plain ``nn.Conv2d`` again.
 
     ``channels_last``: the model runs in that memory format (the stacked rows follow it).
     """
-    converted = [m for m in model.modules() if row_stackable(m)]
-    for m in converted:
-        m.__class__ = RowStackedConv2d
-        m.stack_channels_last = channels_last
-    return converted
-
-
-def restore_conv2d(converted: list[nn.Module]) -> None:
-    """Undo :func:`use_row_stacked`: the layers are plain ``nn.Conv2d`` again."""
-    for m in converted:
-        m.__class__ = nn.Conv2d
-        m.__dict__.pop("stack_channels_last", None)
+    swaps = ModuleSwaps() if swaps is None else swaps
+    for m in [m for m in model.modules() if row_stackable(m)]:
+        swaps.swap(m, RowStackedConv2d, stack_channels_last=channels_last)
+    return swaps

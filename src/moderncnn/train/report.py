@@ -1,0 +1,130 @@
+"""What a run says: its first line, a line per epoch, the book's closing lines, and the curves as a picture."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import new_figure, save_figure
+from ..distributed import World
+from ..recipes import BOOK_FIGURES, BOOK_RECIPES, Recipe
+
+__all__ = ["plot_curves", "format_final", "summarise", "start_line", "epoch_line", "where"]
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """The book's animator as a PNG: train loss, train acc and test acc against epoch."""
+    fig = new_figure((4.5, 3.2))
+    ax = fig.add_subplot()
+    epochs = [h["epoch"] for h in history]
+    for key, label, style in (("loss", "train loss", "-"), ("train_acc", "train acc", "m--"),
+                              ("test_acc", "test acc", "g-.")):
+        ax.plot(epochs, [math.nan if h.get(key) is None else h[key] for h in history], style, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_xlim(1, max(epochs[-1], 2))
+    ax.grid(True)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def format_final(final: dict[str, Any], recipe: Recipe | None = None) -> str:
+    """The book's two closing lines, then the book's figures for the experiment beside ours."""
+    lines = [f"loss {final['loss']:.3f}, train acc {final['train_acc']:.3f}, test acc {final['test_acc']:.3f}",
+             f"{final['examples_per_sec'] or math.nan:.1f} examples/sec on {final['device']}"]
+    if recipe is None or recipe.book not in BOOK_FIGURES:
+        return "\n".join(lines)
+    rows = [(f"ours ({final['device']})", final["loss"], final["train_acc"], final["test_acc"],
+             final["examples_per_sec"] or math.nan)]
+    rows += [(f"book {build} (V100)", f.loss, f.train_acc, f.test_acc, f.examples_per_sec)
+             for build, f in BOOK_FIGURES[recipe.book].items()]
+    lines += ["", f"{'':22} {'loss':>6} {'train acc':>9} {'test acc':>8} {'examples/sec':>12}"]
+    lines += [f"{n:22} {lo:6.3f} {tr:9.3f} {te:8.3f} {ex:12.1f}" for n, lo, tr, te, ex in rows]
+    book = BOOK_RECIPES[recipe.book]
+    diff = recipe.differences(book, ignore=("based_on", "book", "model_kwargs"))
+    diff.update({f"model {k}": (recipe.model_kwargs.get(k), book.model_kwargs.get(k))
+                 for k in sorted(set(recipe.model_kwargs) | set(book.model_kwargs))
+                 if recipe.model_kwargs.get(k) != book.model_kwargs.get(k)})
+    if diff:
+        lines.append("(our recipe differs from the book's: "
+                     + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items()) + ")")
+    return "\n".join(lines)
+
+
+def summarise(history: list[dict[str, Any]], device: str) -> dict[str, Any]:
+    """The run's closing figures: the last epoch's, and examples/sec over the timed epochs."""
+    last = history[-1]
+    timed = [h for h in history if not h.get("warmup")] or history  # torch.compile's first epoch compiles
+    seconds = sum(h["train_seconds"] for h in timed)
+    examples = sum(h["examples"] for h in timed)
+    return {"loss": last["loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"],
+            "examples_per_sec": examples / seconds if seconds > 0 else None, "device": device,
+            "epochs": last["epoch"], "train_seconds": seconds}
+
+
+def curves_title(meta: dict[str, Any]) -> str:
+    """The curves' title: the model and recipe, and what makes the run not the book's (the sample, a subset)."""
+    recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    notes = ["embedded sample"] if data.get("is_sample") else []
+    if recipe.get("subset"):
+        notes.append(f"subset of {recipe['subset']:,}")
+    return f"{meta.get('model')} ({recipe.get('name')} recipe{''.join(', ' + n for n in notes)})"
+
+
+def where(world: World, device: torch.device) -> str:
+    return f"{world.size} x {device.type}" if world.distributed else str(device)
+
+
+def start_line(name: str, recipe: Recipe, world: World, device: torch.device, precision: str, start: int) -> str:
+    epochs = f"{recipe.epochs} epoch{'s' * (recipe.epochs != 1)}"
+    return (f"training {name} ({recipe.name} recipe: lr {recipe.lr}, batch {recipe.batch_size}, "
+            f"resize {recipe.resize or '-'}, {epochs}) on {where(world, device)}, {precision}"
+            + (f", resuming after epoch {start}" if start else "")
+            + (f"\nrecipe: {recipe.based_on}" if recipe.book is None else ""))
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    return (f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.3f}, train acc {record['train_acc']:.3f}, "
+            f"test acc {record['test_acc']:.3f}, {record['examples_per_sec']:.1f} examples/sec, "
+            f"{record['wall_seconds']:.1f} s")
+
+
+def other_gpus_hint(world: World, device: torch.device) -> str | None:
+    """One process on one of several GPUs: say how to use them all."""
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if world.distributed or gpus < 2:
+        return None
+    return (f"({gpus} GPUs are visible and this run uses {device}: torchrun --nproc-per-node {gpus} -m moderncnn "
+            f"train ... splits every batch across all of them)")
+
+
+def describe_pretrained(report: dict[str, Any], model: torch.nn.Module) -> str:
+    notes = [f"{report['loaded']} tensors"]
+    if report["kept"]:
+        notes.append(f"classifier for {getattr(model, 'num_classes', '?')} classes initialised afresh "
+                     f"({', '.join(report['kept'])})")
+    if report["adapted"]:
+        notes.append(f"{', '.join(report['adapted'])} adapted to {getattr(model, 'in_channels', '?')} input "
+                     f"channel(s)")
+    return f"starting from {report['source']}: " + "; ".join(notes)
+
+
+def closing_notes(is_sample: bool, train_size: int, init_from: Any, recipe: Recipe) -> list[str]:
+    notes = []
+    if is_sample:
+        notes.append(f"(trained on the embedded sample of {train_size:,} images, not the full set: not comparable "
+                     "with the book's figures; see the notice above for the full set)")
+    if init_from and recipe.book in BOOK_FIGURES:
+        notes.append(f"(started from the weights in {init_from['source']}, not from scratch as the book's run)")
+    return notes
+
+
+def say(line: str, quiet: bool) -> None:
+    if not quiet:
+        print(line, file=sys.stderr)

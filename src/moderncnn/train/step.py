@@ -1,0 +1,94 @@
+"""The recipe made into objects: the book's init, the optimizer, the lr schedule, the loss, and one SGD step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import _unwrap
+from ..cudagraph import GraphedStep, TrainStep
+from ..evaluate import autocast
+from ..recipes import Recipe
+
+__all__ = ["init_weights", "build_optimizer", "build_scheduler", "build_loss", "make_train_step", "TrainStep"]
+
+
+def init_weights(model: nn.Module) -> nn.Module:
+    """d2l's ``init_weights``: Xavier-uniform on the weight of every exact Linear/Conv2d; biases untouched."""
+    def init(m: nn.Module) -> None:
+        if type(m) in (nn.Linear, nn.Conv2d):  # the book's type(m) == ..., so subclasses keep their own init
+            nn.init.xavier_uniform_(m.weight)
+
+    return model.apply(init)
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device | None = None) -> torch.optim.SGD:
+    """Plain SGD for the book; momentum/Nesterov and weight decay on conv/linear weights only for others."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.weight_decay:
+        decay = [p for p in params if p.dim() > 1]
+        rest = [p for p in params if p.dim() <= 1]
+        groups: Any = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    else:
+        groups = params
+    fused = device is not None and device.type == "cuda"
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                           fused=fused or None, foreach=None if fused else True)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
+    """The recipe's per-step lr schedule, or None for the book's constant lr."""
+    total = recipe.epochs * steps_per_epoch
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total)
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return None
+
+
+def build_loss(recipe: Recipe) -> nn.CrossEntropyLoss:
+    return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+
+def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, *,
+                    amp_dtype: torch.dtype | None = None, scheduler: Any = None,
+                    cuda_graph: int | None = None) -> TrainStep:
+    """One SGD step as a function ``step(x, y) -> (loss * batch, correct)``, both 0-dim device tensors.
+
+    Nothing in it waits for the device. ``cuda_graph=N``: batches of N examples are replayed as one CUDA graph
+    (:class:`~moderncnn.cudagraph.GraphedStep`), other sizes run eagerly; no ``scheduler`` then.
+
+    A model that returns ``(logits, *aux)`` in training mode (it has
+    ``aux_loss_weight``) is trained on ``CE(logits) + aux_loss_weight * sum(CE(aux))``; accuracy and the
+    reported loss come from the logits' term only.
+    """
+    aux_weight = float(getattr(_unwrap(model), "aux_loss_weight", 0.0) or 0.0)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(x.device, amp_dtype, cache=cuda_graph is None):
+            out = model(x)
+            logits, *aux = out if isinstance(out, (tuple, list)) else (out,)
+            main = loss_fn(logits, y)
+            loss = main + aux_weight * sum(loss_fn(a, y) for a in aux) if aux else main
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        return main.detach().float() * y.shape[0], (logits.detach().argmax(1) == y).sum()
+
+    if cuda_graph is not None:
+        if scheduler is not None:
+            raise ValueError("a CUDA graph would freeze the lr of a per-step schedule; train without one")
+        return GraphedStep(step, cuda_graph)
+    return step
+
+
+def by_batch_size(size: int, full: TrainStep, other: TrainStep) -> TrainStep:
+    """``full`` for batches of ``size`` examples, ``other`` for the rest."""
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (full if y.shape[0] == size else other)(x, y)
+
+    return step

@@ -1,0 +1,351 @@
+"""``fit``: a run's life, from what the user asked to its last checkpoint, in the order it happens.
+
+options -> claim the run directory -> data (with provenance) -> model (init, weights to start from, the
+recipe fitted to it) -> speed plan -> loop -> one epoch at a time, each committed to the run directory ->
+the result. Each step is a function of this module or of the one named in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import load_pretrained, load_weights
+from ..data import ImageDataset, check_provenance, load_sample, load_splits
+from ..data.base import DataError
+from ..distributed import World, join, leave, local_device, main_first, on_main, world_from_env
+from ..evaluate import Preprocessing, select_device
+from ..recipes import Recipe
+from ..registry import create_model, get_model_builder
+from ..rundir import RunDir
+from . import report
+from .loop import Diverged, Loop, prepare_loop, rng_state, set_rng_state, train_epoch
+from .metadata import check_resumable, now, run_metadata
+from .options import TrainOptions
+from .speed import plan_speed
+from .step import init_weights
+
+__all__ = ["fit", "TrainResult", "Terminated"]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: the trained model, one dict per epoch, the final figures and the files."""
+
+    model: nn.Module
+    recipe: Recipe
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+    device: torch.device
+    run_dir: Path | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return report.format_final(self.final, self.recipe)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``docker stop``, systemd, SLURM) received while training: stopped like Ctrl-C."""
+
+
+def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Path | None = None,
+        device: str | torch.device | None = None, *, seed: int = 0, data_dir: str | Path | None = None,
+        train_data: ImageDataset | None = None, test_data: ImageDataset | None = None, download: bool = True,
+        amp: bool | None = None, channels_last: bool | None = None, cuda_graph: bool | None = None,
+        speed: dict[str, Any] | None = None, compile: bool | str = False, resume: bool = False,
+        overwrite: bool = False, quiet: bool = False, command: str | None = None,
+        init_from: str | Path | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        **overrides: Any) -> TrainResult:
+    """Train ``model`` (a registered name or a built model) with a recipe, like the book's ``train_ch6``.
+
+    ``recipe``: ``"book"``, ``"modern"`` or a :class:`~moderncnn.recipes.Recipe`; ``overrides`` replace any
+    recipe value (``epochs=2, lr=0.1, batch_size=64, resize=96, subset=1000, test_subset=1000, dataset="mnist",
+    model_kwargs={"ratio": 8}``). Data: ``train_data``/``test_data`` (ImageDatasets), else the recipe's
+    dataset from ``data_dir``/$MODERNCNN_DATA/the cache (downloaded if allowed; both splits from one place);
+    resumed, the run's own data (checked against its checksums). ``out_dir``: a run directory for
+    checkpoints, metrics and curves (:mod:`moderncnn.rundir`; None: nothing written, no resume).
+
+    Speed (:mod:`moderncnn.train.speed` decides each option for the device and model, and run.json records
+    what and why): ``amp``, ``channels_last``, ``cuda_graph`` and ``speed={"row_stacked": False, ...}``
+    override it; ``compile``: True or a ``torch.compile`` mode.
+
+    A built model is re-initialised when the recipe's ``init`` is ``"xavier"``, as ``train_ch6`` does; pass
+    ``init="default"`` to keep its weights. ``init_from``: start from trained weights (a run directory, a
+    ``.safetensors`` or a ``.pth`` state dict, e.g. torchvision's) after the recipe's init: fine-tuning (see
+    :func:`~moderncnn.checkpoint.load_pretrained`); ignored when resuming. ``quiet`` silences the progress
+    bar and the per-epoch lines on stderr; the book's closing lines are always printed.
+    ``on_epoch_end(epoch_dict)`` is called after each epoch's checkpoint.
+
+    A loss that becomes NaN or infinite stops the run at once (:class:`~moderncnn.train.loop.Diverged`, a
+    ValueError); the last finished epoch's checkpoint is kept and run.json says ``"diverged"``.
+
+    Started by torchrun on several processes, it trains with DistributedDataParallel (each step's batch split
+    across them; rank 0 writes and prints): see :mod:`moderncnn.distributed`.
+    """
+    speed = {"amp": amp, "channels_last": channels_last, "cuda_graph": cuda_graph, **(speed or {})}
+    options = TrainOptions(model=model, recipe=recipe, out_dir=out_dir, device=device, seed=seed,
+                           data_dir=data_dir, train_data=train_data, test_data=test_data, download=download,
+                           speed={k: v for k, v in speed.items() if v is not None}, compile=compile, resume=resume,
+                           overwrite=overwrite, quiet=quiet, command=command, init_from=init_from,
+                           on_epoch_end=on_epoch_end, overrides=overrides)
+    world = world_from_env()
+    device = select_device(local_device(world, options.device))
+    joined = join(world, device)
+    try:
+        return _train(options, world, device)
+    finally:
+        leave(joined)
+
+
+def _train(options: TrainOptions, world: World, device: torch.device) -> TrainResult:
+    if isinstance(options.model, str):
+        get_model_builder(options.model)  # an unknown name fails before any data is loaded
+    recipe = options.base_recipe()
+    if recipe.batch_size < world.size:
+        raise ValueError(f"batch size {recipe.batch_size} is smaller than the {world.size} processes that share "
+                         f"each batch; pass a larger --batch-size or start fewer processes")
+    run = RunDir(options.out_dir) if options.out_dir is not None else None
+    resuming = on_main(world, lambda: run.claim(options.resume, options.overwrite)) if run else False
+    try:
+        return _train_claimed(options, world, device, recipe, run, resuming)
+    finally:
+        if run is not None and world.main:
+            run.release(remove_if_empty=True)
+
+
+def _train_claimed(options: TrainOptions, world: World, device: torch.device, recipe: Recipe,
+                   run: RunDir | None, resuming: bool) -> TrainResult:
+    quiet = options.quiet or not world.main
+    previous = run.read_meta() if resuming else None
+    train, test = _load_data(options, recipe, world, previous)
+    model, recipe, pretrained = _prepare_model(options, recipe, train, resuming)
+    normalize = _channel_stats(train.images) if recipe.normalize else None
+    plan = plan_speed(device, model, image_size=recipe.resize or train.images.shape[-1], processes=world.size,
+                      compile=options.compile_mode, schedule=recipe.schedule, overrides=options.speed)
+    meta = run_metadata(options.name, recipe, options.seed, train, test, normalize, device, options.command, plan,
+                        world.size)
+    meta["init_from"] = pretrained
+    if previous is not None:
+        check_resumable(previous, meta, run.dir)
+        meta.update(start_time=previous.get("start_time"), resumed_at=meta["start_time"],
+                    init_from=previous.get("init_from"))
+    loop = prepare_loop(model, recipe, train, test, normalize, plan, device, world, options.seed)
+    meta["data"].update(train_used=loop.train_loader.num_examples, test_used=loop.test_loader.num_examples)
+    history = _restore(run, loop, device) if resuming else []
+    meta["epochs_done"] = len(history)
+    writes = run if world.main else None
+    if writes is not None:
+        writes.begin(meta, resuming)
+    report.say(report.start_line(options.name, recipe, world, device, plan.precision, len(history)), quiet)
+    for line in (report.other_gpus_hint(world, device),
+                 pretrained and report.describe_pretrained(pretrained, model)):
+        if line:
+            report.say(line, quiet)
+    if world.distributed:  # dropout: other draws on each process
+        torch.manual_seed(options.seed + 1_000_003 * world.rank + 7919 * len(history))
+    _train_epochs(options, world, device, recipe, loop, writes, meta, history, quiet)
+    model.preprocessing = Preprocessing.from_meta(meta)
+    return _result(world, device, recipe, loop, run, meta, history, train)
+
+
+def _load_data(options: TrainOptions, recipe: Recipe, world: World,
+               previous: dict[str, Any] | None) -> tuple[ImageDataset, ImageDataset]:
+    """Both splits, from one source; resumed, the run's own data, checked against the checksums it recorded."""
+    if options.train_data is not None:
+        train, test = options.train_data, options.test_data
+    else:
+        recorded = (previous or {}).get("data") if isinstance((previous or {}).get("data"), dict) else None
+        # rank 0 first: a download or the sample's notice happens once
+        with contextlib.nullcontext() if world.main else contextlib.redirect_stderr(io.StringIO()):
+            train, test = main_first(world, lambda: _find_data(options, recipe, recorded))
+    if previous is not None:
+        recorded = previous.get("data") if isinstance(previous.get("data"), dict) else {}
+        check_provenance(recorded.get("train"), train, "resume")
+        check_provenance(recorded.get("test"), test, "resume")
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise ValueError(f"train and test images differ in shape ({tuple(train.images.shape[1:])} vs "
+                         f"{tuple(test.images.shape[1:])})")
+    tested = min(recipe.test_subset or len(test), len(test))
+    if tested < world.size:  # a process with no test image would have nothing to count
+        raise ValueError(f"{tested} test images cannot be shared by {world.size} processes; use a larger "
+                         f"--test-subset or start fewer processes")
+    return train, test
+
+
+def _find_data(options: TrainOptions, recipe: Recipe,
+               recorded: dict[str, Any] | None) -> tuple[ImageDataset, ImageDataset]:
+    if recorded is None:
+        return load_splits(recipe.dataset, root=options.data_dir, download=options.download)
+    if recorded.get("is_sample"):  # a run on the sample goes on on the sample, wherever the full set is
+        return load_sample("train"), load_sample("test")
+    root = options.data_dir
+    if root is None:
+        root = (recorded.get("train") or {}).get("root") if isinstance(recorded.get("train"), dict) else None
+        if root is not None and not os.path.isdir(root):
+            raise DataError(f"the run's data was in {root}, which is gone; pass --data-dir with the same data")
+    # a run on the full set never falls back to the sample
+    return load_splits(recipe.dataset, root=root, download=options.download, allow_sample=False)
+
+
+def _prepare_model(options: TrainOptions, recipe: Recipe, train: ImageDataset,
+                   resuming: bool) -> tuple[nn.Module, Recipe, dict[str, Any] | None]:
+    """The model, initialised as the recipe says (and started from ``init_from``), and the recipe's resize
+    fitted to the sizes the model accepts."""
+    torch.manual_seed(options.seed)
+    model = options.model
+    if isinstance(model, str):
+        model = create_model(model, num_classes=len(train.classes), in_channels=train.images.shape[1],
+                             **recipe.model_kwargs)
+    if recipe.init == "xavier":
+        init_weights(model)
+    pretrained = None
+    if options.init_from is not None and not resuming:
+        pretrained = load_pretrained(model, options.init_from)
+    native = train.images.shape[-1]
+    recipe = _fit_resize(recipe, model, native, explicit="resize" in options.overrides)
+    if hasattr(model, "check_input"):  # a size the model cannot take fails now, before the run directory is touched
+        size = recipe.resize or native
+        try:
+            model.check_input(torch.empty(1, train.images.shape[1], size, size, device="meta"))
+        except ValueError as e:
+            raise ValueError(f"{e} with --resize {model.default_image_size}") from None
+    return model, recipe, pretrained
+
+
+def _fit_resize(recipe: Recipe, model: nn.Module, native: int, explicit: bool) -> Recipe:
+    """A resize the user did not set, moved to the model's default size when the model cannot take it."""
+    if explicit:
+        return recipe
+    lo = getattr(model, "min_input_size", 1)
+    hi = getattr(model, "max_input_size", None)
+    size = recipe.resize or native
+    if lo <= size <= (hi or size):
+        return recipe
+    fitted = getattr(model, "default_image_size", size)
+    if not lo <= fitted <= (hi or fitted):
+        fitted = min(max(size, lo), hi or size)
+    note = f"; resized to {fitted} because {recipe.model or 'the model'} accepts {lo}..{hi or 'any'} pixels"
+    return recipe.replace(resize=None if fitted == native else fitted, based_on=recipe.based_on + note)
+
+
+def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in float64 chunks (no big float copy)."""
+    c = images.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
+        s += x.sum(1)
+        s2 += (x * x).sum(1)
+    n = images.numel() / c
+    mean = s / n
+    std = (s2 / n - mean * mean).clamp_min(1e-12).sqrt()
+    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+
+
+def _restore(run: RunDir, loop: Loop, device: torch.device) -> list[dict[str, Any]]:
+    """The last finished epoch's weights, optimizer, scheduler and RNG; returns the history so far."""
+    ckpt, state = run.load()
+    load_weights(ckpt.weights, loop.model)
+    loop.optimizer.load_state_dict(state["optimizer"])
+    if loop.scheduler is not None and state.get("scheduler"):
+        loop.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"], device)
+    return list(state["history"])
+
+
+def _train_epochs(options: TrainOptions, world: World, device: torch.device, recipe: Recipe, loop: Loop,
+                  writes: RunDir | None, meta: dict[str, Any], history: list[dict[str, Any]], quiet: bool) -> None:
+    """Epoch after epoch, each committed; a stop of any kind leaves the last finished epoch and says so."""
+    start = len(history)
+    try:
+        with _terminate_as_interrupt(), loop.plan.applied(loop.model):
+            for epoch in range(start, recipe.epochs):
+                record = train_epoch(loop, world, device, epoch, recipe.epochs,
+                                     warmup=loop.plan.compile is not None and epoch == start, quiet=quiet)
+                if getattr(loop.graphed, "failed", None):  # the capture failed (GraphedStep warned): eager since
+                    meta["speed"].update(cuda_graph=False, cuda_graph_failed=loop.graphed.failed)
+                history.append(record)
+                meta["epochs_done"] = epoch + 1
+                if writes is not None:
+                    state = {"optimizer": loop.optimizer.state_dict(), "rng": rng_state(device),
+                             "scheduler": loop.scheduler.state_dict() if loop.scheduler is not None else None}
+                    writes.commit(epoch + 1, loop.model, state, history, meta, report.curves_title(meta))
+                report.say(report.epoch_line(record, recipe.epochs), quiet)
+                if options.on_epoch_end is not None:
+                    options.on_epoch_end(record)
+    except Diverged as e:
+        _stop(writes, meta, "diverged")
+        kept = _kept(writes, history, "is kept")
+        raise Diverged(e.epoch, e.step, e.value, f"lr {recipe.lr} is too high for {options.name}: train again "
+                       f"with a lower --lr, e.g. {recipe.lr / 10:g}" + (f" ({kept})" if kept else "")) from None
+    except KeyboardInterrupt:
+        _stop(writes, meta, "interrupted")
+        if writes is not None:
+            report.say(f"interrupted: {_kept(writes, history, 'is intact')}; to continue, run the same command "
+                       f"with --resume (or fit(..., resume=True))", quiet=False)
+        raise
+    except Exception:
+        with contextlib.suppress(OSError):  # a full disk must not hide what failed first
+            _stop(writes, meta, "failed")
+        raise
+
+
+def _kept(writes: RunDir | None, history: list[dict[str, Any]], state: str) -> str:
+    """What a stopped run leaves: its last checkpoint, where there is one."""
+    if writes is None:
+        return ""
+    return f"the checkpoint of epoch {len(history)} in {writes.dir} {state}" if history else "no epoch finished"
+
+
+def _stop(writes: RunDir | None, meta: dict[str, Any], status: str) -> None:
+    if writes is not None:
+        meta.update(status=status, end_time=now())
+        writes.write_meta(meta)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run as Ctrl-C does (status "interrupted", the last checkpoint kept), where nobody
+    else handles it; its default would end the process without a word."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM") \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _result(world: World, device: torch.device, recipe: Recipe, loop: Loop, run: RunDir | None,
+            meta: dict[str, Any], history: list[dict[str, Any]], train: ImageDataset) -> TrainResult:
+    loop.model.eval()
+    final = report.summarise(history, report.where(world, device)) if history else {}
+    paths = {}
+    if run is not None:
+        meta.update(status="finished", final=final, end_time=now())
+        if world.main:
+            run.write_meta(meta)
+        paths = {"run_json": run.run_json, "weights": run.weights, "metrics": run.metrics, "curves": run.curves}
+    if history and world.main:
+        print(report.format_final(final, recipe))
+        for note in report.closing_notes(train.is_sample, len(train), meta.get("init_from"), recipe):
+            print(note)
+    return TrainResult(model=loop.model, recipe=recipe, history=history, final=final, device=device,
+                       run_dir=run.dir if run else None, paths=paths, metadata=meta)

@@ -1,0 +1,109 @@
+"""The speed policy: one decision per run, the user's overrides, the reasons recorded, the model handed back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import moderncnn.train.speed as speed
+from moderncnn import create_model, fit, list_models
+from moderncnn.layers import PatchAvgPool2d, RowStackedConv2d
+from moderncnn.train import eval_speed, plan_speed
+
+from test_train import FAST
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(params=[True, False], ids=["cpu-bf16", "cpu"])
+def native_bf16(request, monkeypatch):
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("name", sorted(list_models()))
+def test_every_model_gets_a_plan_with_a_reason_for_each_option(name, native_bf16):
+    with torch.device("meta"):  # the plan looks at the layers, not at their weights
+        model = create_model(name)
+    plan = plan_speed(CPU, model)
+    assert plan.device_kind == ("cpu-bf16" if native_bf16 else "cpu")
+    assert plan.amp == (torch.bfloat16 if native_bf16 else None)
+    assert set(plan.why) == set(speed.SPEED_OPTIONS) and all(plan.why.values())
+    assert not plan.cuda_graph
+    recorded = plan.as_dict()
+    assert recorded["amp"] == ("bfloat16" if native_bf16 else None) and recorded["why"] == plan.why
+
+
+def test_overrides_win_and_say_so(native_bf16):
+    model = create_model("lenet")
+    plan = plan_speed(CPU, model, overrides={"amp": False, "patch_pool": False, "channels_last": False})
+    assert (plan.amp, plan.patch_pool, plan.channels_last) == (None, False, False)
+    assert plan.why["amp"] == plan.why["patch_pool"] == "asked for"
+    assert plan_speed(CPU, model, overrides={"amp": True}).amp == torch.bfloat16  # asked for, on any CPU
+    with pytest.raises(ValueError, match="unknown speed option.*fold; use amp, channels_last"):
+        plan_speed(CPU, model, overrides={"fold": True})
+    with pytest.raises(ValueError, match="unknown speed option"):
+        fit("lenet", "book", None, speed={"nosuch": True}, **FAST)  # before any data is looked for
+
+
+def test_the_plan_is_off_where_nothing_was_measured():
+    plan = plan_speed(torch.device("meta"), create_model("lenet"))
+    assert plan.device_kind == "meta" and plan.amp is None
+    assert not any(getattr(plan, o) for o in speed.SPEED_OPTIONS if o != "amp")
+
+
+def test_precision_line_says_why_fp32_where_the_cpu_chose_it(native_bf16):
+    plan = plan_speed(CPU, create_model("lenet"))
+    assert plan.precision == ("bfloat16 autocast" if native_bf16 else "fp32 (this CPU has no bf16 in hardware)")
+    assert plan_speed(CPU, create_model("lenet"), overrides={"amp": False}).precision == "fp32"
+
+
+def test_the_speed_layers_run_while_training_and_the_model_comes_back_plain(native_bf16):
+    model = create_model("lenet", num_classes=4)
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    pools = [m for m in model.modules() if isinstance(m, nn.AvgPool2d)]
+    plan = plan_speed(CPU, model, overrides={"row_stacked": True, "patch_pool": True})
+    with plan.applied(model) as swaps:
+        assert type(stem) is RowStackedConv2d and all(type(m) is PatchAvgPool2d for m in pools)
+        assert len(swaps) == 1 + len(pools)
+        model(torch.rand(2, 1, 28, 28)).sum().backward()
+    assert type(stem) is nn.Conv2d and all(type(m) is nn.AvgPool2d for m in pools)
+    assert "stack_channels_last" not in vars(stem)
+
+
+def test_fit_records_the_plan_and_its_reasons(native_bf16):
+    from test_train import toy
+
+    result = fit("lenet", "book", None, train_data=toy(64, "train"), test_data=toy(16, "test"),
+                 **{**FAST, "amp": None, "epochs": 1})
+    recorded = result.metadata["speed"]
+    assert recorded["amp"] == ("bfloat16" if native_bf16 else None) and recorded["device_kind"] in ("cpu", "cpu-bf16")
+    assert set(recorded["why"]) == set(speed.SPEED_OPTIONS)
+
+
+def test_eval_takes_the_runs_precision_unless_this_cpu_would_emulate_it(native_bf16):
+    model = create_model("lenet")
+    run = {"amp": "bfloat16", "channels_last": True}
+    plan = eval_speed(CPU, model, run, "cpu")
+    assert (plan.amp, plan.channels_last) == (torch.bfloat16 if native_bf16 else None, True)
+    assert eval_speed(CPU, model, run, "cpu", amp=False).amp is None
+    assert eval_speed(CPU, model, {"amp": None, "channels_last": False}, "cpu").amp is None
+    legacy = {"amp_dtype": "bfloat16", "channels_last": False}  # run.json before the policy had its name
+    assert eval_speed(CPU, model, legacy, "cpu").amp == (torch.bfloat16 if native_bf16 else None)
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, native", [(True, False, True), (False, True, True),
+                                                       (False, False, False), (None, None, False)])
+def test_cpu_has_native_bf16_reads_the_cpu_features(amx, avx512_bf16, native, monkeypatch):
+    for name, has in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
+        if has is None:  # an older torch without the check: counted as not there
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda has=has: has)
+    speed.cpu_has_native_bf16.cache_clear()
+    try:
+        assert speed.cpu_has_native_bf16() is native
+    finally:
+        monkeypatch.undo()
+        speed.cpu_has_native_bf16.cache_clear()
