@@ -2,7 +2,7 @@
 is worth there.
 
     python benchmarks/whole_runs.py [--models lenet,lenet_bn] [--epochs 10] [--repeats 3] [--book] [--ablate]
-        [--baseline SRC] [--subset N] [--test-subset N] [--device cpu] [--machine NAME] [--json FILE]
+        [--baseline SRC] [--variant NAME=ARGS] [--fp32] [--subset N] [--test-subset N] [--device cpu] [--machine NAME] [--json FILE]
 
 Each run is a command of its own, timed from its start to its exit (the data files read, every epoch
 trained and tested, the checkpoints written). The variants, run once each a round, in an order that rotates
@@ -12,6 +12,7 @@ from round to round so that the machine's drift hits them alike:
 - ``book`` (``--book``): d2l's ``load_data_fashion_mnist`` + ``train_ch6`` (``reference_pipeline.py``);
 - ``baseline`` (``--baseline SRC``): the same ``moderncnn train`` command with another checkout's code
   (``SRC`` first on PYTHONPATH: a worktree's ``src``): a change's whole runs, before and after;
+- ``NAME`` (``--variant NAME=ARGS``): ``moderncnn train MODEL ARGS``, e.g. ``fp32="--no-amp"``;
 - ``OPTION=off`` (``--ablate``): ``moderncnn train MODEL --speed OPTION=off`` for each speed option the policy
   turns on for this model here, and ``--no-malloc``: an option stays on by default only where it makes the
   whole run at least 1.1x faster (moderncnn.train.speed).
@@ -55,12 +56,16 @@ def variants(name: str, args: argparse.Namespace, device: torch.device) -> dict[
         out["book"] = ["<book>"]
     if args.baseline:
         out["baseline"] = ["<baseline>"]
+    for text in args.variant or []:
+        label, _, extra = text.partition("=")
+        out[label] = extra.split()
     if args.ablate:
         recipe = get_recipe(name, "book")
         model = moderncnn.create_model(name, num_classes=10, in_channels=1, **recipe.model_kwargs)
-        plan = plan_speed(device, model, image_size=args.resize or recipe.resize or 28)
+        plan = plan_speed(device, model, image_size=args.resize or recipe.resize or 28,
+                          overrides={"amp": False} if args.fp32 else None)
         for option in ("amp", "channels_last", "row_stacked", "patch_pool", "cuda_graph"):
-            if getattr(plan, option):
+            if getattr(plan, option) and not (args.fp32 and option == "amp"):
                 out[f"{option}=off"] = ["--speed", f"{option}=off"]
         if device.type == "cpu" and glibc_malloc():
             out["malloc=off"] = ["--no-malloc"]
@@ -79,7 +84,7 @@ def command(name: str, extra: list[str], args: argparse.Namespace, run_dir: Path
         extra = []
     cmd = [sys.executable, "-m", "moderncnn", "train", name, "--data-dir", args.data_dir, "--no-download", "--quiet",
            "--out", str(run_dir), "--overwrite", "--epochs", str(args.epochs), "--seed", str(args.seed),
-           "--device", str(args.device), *extra]
+           "--device", str(args.device), *(["--no-amp"] if args.fp32 else []), *extra]
     for flag, value in (("--subset", args.subset), ("--test-subset", args.test_subset), ("--resize", args.resize)):
         if value:
             cmd += [flag, str(value)]
@@ -112,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--book", action="store_true", help="also the book's own pipeline")
     p.add_argument("--ablate", action="store_true", help="also each speed option the policy turns on, off")
     p.add_argument("--baseline", metavar="SRC", help="also moderncnn from another checkout's src folder")
+    p.add_argument("--variant", action="append", metavar="NAME=ARGS",
+                   help="also moderncnn with these extra arguments, e.g. fp32='--no-amp' (repeatable)")
+    p.add_argument("--fp32", action="store_true",
+                   help="every moderncnn run in fp32 (--no-amp): on a CPU with bf16 in hardware, a stand-in for one "
+                        "without")
     p.add_argument("--workers", type=int, default=4, help="the book's DataLoader workers (d2l: 4)")
     p.add_argument("--subset", type=int, help="train on N images only (the book: the first N)")
     p.add_argument("--test-subset", type=int, help="moderncnn: test on N images only")
@@ -150,7 +160,7 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, work: P
         s = spread([r["seconds"] for r in rs])
         print(f"| {variant} | {s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}) | {s['median'] / base:.2f}x | "
               + ", ".join(f"{r['test_acc']:.3f}" for r in rs) + " |", flush=True)
-    return {"model": name, "variants": {k: " ".join(v) for k, v in kinds.items()},
+    return {"model": name, "fp32": args.fp32, "variants": {k: " ".join(v) for k, v in kinds.items()},
             "seconds": {k: spread([r["seconds"] for r in rs]) for k, rs in runs.items()}, "runs": runs}
 
 

@@ -132,13 +132,15 @@ def test_whole_runs_ablates_each_option_the_policy_turns_on(monkeypatch):
 
     whole = script("whole_runs")
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
-    args = argparse.Namespace(book=False, baseline=None, ablate=True, resize=None)
+    args = argparse.Namespace(book=False, baseline=None, ablate=True, resize=None, fp32=False,
+                              variant=["fp32=--no-amp --speed patch_pool=off"])
     kinds = whole.variants("lenet", args, torch.device("cpu"))
     plan = speed.plan_speed(torch.device("cpu"), __import__("moderncnn").create_model("lenet"))
     on = [o for o in speed.SPEED_OPTIONS if getattr(plan, o)]
     assert kinds["moderncnn"] == [] and {f"{o}=off" for o in on} <= set(kinds)
     assert all(kinds[f"{o}=off"] == ["--speed", f"{o}=off"] for o in on)
     assert ("malloc=off" in kinds) is glibc_malloc()
+    assert kinds["fp32"] == ["--no-amp", "--speed", "patch_pool=off"]
 
 
 @pytest.mark.parametrize("name, args, message", [

@@ -362,5 +362,5 @@ def test_speed_options_from_the_command_line(idx_dir, tmp_path, capsys):
     assert recorded["patch_pool"] is False and recorded["channels_last"] is True
     assert recorded["why"]["patch_pool"] == "asked for"
     with pytest.raises(SystemExit):
-        main(["train", "lenet", "--speed", "fold_bn=off"])
+        main(["train", "lenet", "--speed", "fold=off"])
     assert "--speed must be OPTION=on|off with OPTION one of amp, channels_last" in capsys.readouterr().err

@@ -22,13 +22,14 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from ..layers import BatchNorm, ModuleSwaps, use_patch_pool, use_row_stacked
+from ..layers import (BatchNorm, ModuleSwaps, foldable_pairs, patch_poolable, use_folded_bn, use_patch_pool,
+                      use_row_stacked)
 
 __all__ = ["SpeedPlan", "plan_speed", "eval_speed", "device_kind", "cpu_has_native_bf16", "SPEED_OPTIONS",
            "COMPILE_MODES", "compile_mode_of", "compiled"]
 
 #: What the user may set: ``fit(speed={"patch_pool": False})``, ``moderncnn train --speed patch_pool=off``.
-SPEED_OPTIONS = ("amp", "channels_last", "row_stacked", "patch_pool", "cuda_graph")
+SPEED_OPTIONS = ("amp", "channels_last", "row_stacked", "fold_bn", "patch_pool", "cuda_graph")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # torch.compile modes that capture CUDA graphs themselves: the whole step cannot also be one
 _GRAPHING_MODES = ("reduce-overhead", "max-autotune")
@@ -61,6 +62,7 @@ class SpeedPlan:
     amp: torch.dtype | None = None
     channels_last: bool = False
     row_stacked: bool = False
+    fold_bn: bool = False
     patch_pool: bool = False
     cuda_graph: bool = False
     compile: str | None = None
@@ -74,11 +76,12 @@ class SpeedPlan:
 
     @property
     def precision(self) -> str:
-        """``"bfloat16 autocast"`` or ``"fp32"``, with the reason where fp32 was the CPU's choice."""
+        """``"bfloat16 autocast"`` or ``"fp32"``, with the reason where fp32 was the policy's choice."""
         if self.amp is not None:
             return f"{str(self.amp).removeprefix('torch.')} autocast"
-        chosen_by_cpu = self.device_kind == "cpu" and self.why.get("amp") != "asked for"
-        return "fp32 (this CPU has no bf16 in hardware)" if chosen_by_cpu else "fp32"
+        why = self.why.get("amp", "")
+        return f"fp32 ({why.removeprefix('off: ')})" if why.startswith("off: ") and self.device_kind != "cuda" \
+            else "fp32"
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[ModuleSwaps]:
@@ -88,6 +91,8 @@ class SpeedPlan:
         with ModuleSwaps() as swaps:
             if self.row_stacked:
                 use_row_stacked(model, self.channels_last, swaps)
+            if self.fold_bn:  # after the rows: a folded convolution's class is made from its stacked one
+                use_folded_bn(model, swaps)
             if self.patch_pool:
                 use_patch_pool(model, swaps)
             if self.device_kind == "cuda":  # fixed batch shapes: cudnn picks the fastest kernels once
@@ -113,7 +118,7 @@ def plan_speed(device: torch.device, model: nn.Module | None = None, *, image_si
     if unknown:
         raise ValueError(f"unknown speed option(s) {', '.join(unknown)}; use {', '.join(SPEED_OPTIONS)}")
     kind = device_kind(device)
-    defaults = _defaults(kind, model, image_size, compile)
+    defaults = _defaults(kind, model, image_size, compile, overrides.get("fold_bn"))
     obstacle = _cuda_graph_obstacle(device, schedule, processes, compile)
     if obstacle:
         if overrides.get("cuda_graph"):
@@ -126,8 +131,6 @@ def plan_speed(device: torch.device, model: nn.Module | None = None, *, image_si
             value, reason = overrides[option], "asked for"
         chosen[option], why[option] = value, reason
     chosen["amp"] = _amp_dtype(chosen["amp"], device)
-    if chosen["row_stacked"] and chosen["amp"] is None and overrides.get("row_stacked") is None:
-        chosen["row_stacked"], why["row_stacked"] = False, "off: measured with bf16 only"
     return SpeedPlan(kind, compile=compile, why=why, **chosen)
 
 
@@ -141,29 +144,39 @@ def _amp_dtype(value: Any, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def _defaults(kind: str, model: nn.Module | None, image_size: int | None,
-              compile: str | None) -> dict[str, tuple[Any, str]]:
+def _defaults(kind: str, model: nn.Module | None, image_size: int | None, compile: str | None,
+              fold: bool | None) -> dict[str, tuple[Any, str]]:
     """Each option's default on this kind of machine, and why (the figures: docs/benchmarks.md)."""
     if kind == "cuda":
         return {"amp": (True, "default on a GPU: AlexNet 1.4x, VGG 1.3x"),
                 "channels_last": (True, "default on a GPU: ResNet 1.9x, DenseNet 1.7x, BN LeNet 1.8x"),
                 "row_stacked": (True, "default on a GPU: AlexNet 1.21x, NiN 1.18x, VGG 1.10x"),
+                "fold_bn": (False, "off on a GPU: not measured there"),
                 "patch_pool": (False, "off on a GPU: not measured there"),
                 "cuda_graph": (True, "default on a GPU: LeNet 130k -> 650k ex/s")}
-    if kind in ("cpu", "cpu-bf16"):
-        narrow = model is not None and compile is None and _has_narrow_norm(model)
-        pooled_bn = model is not None and compile is not None and _has_norm(model)
-        return {"amp": (kind == "cpu-bf16", "default: this CPU has bf16 in hardware" if kind == "cpu-bf16"
-                        else "default: fp32, this CPU has no bf16 in hardware"),
-                "channels_last": (not narrow, "off: batch norm over a few channels is slow in channels_last"
-                                  if narrow else "default on a CPU"),
-                "row_stacked": (True, "default on a CPU"),
-                "patch_pool": (not pooled_bn, "off: compiled, it splits a fusion with batch norm" if pooled_bn
-                               else "default on a CPU"),
-                "cuda_graph": (False, "off: not a GPU")}
-    return {"amp": (False, f"off on {kind}"), "channels_last": (False, f"off on {kind}"),
-            "row_stacked": (False, f"off on {kind}"), "patch_pool": (False, f"off on {kind}"),
-            "cuda_graph": (False, "off: not a GPU")}
+    if kind not in ("cpu", "cpu-bf16"):
+        return {option: (False, f"off on {kind}: not measured there") for option in SPEED_OPTIONS}
+    foldable = model is not None and bool(foldable_pairs(model, image_size))
+    fold = foldable if fold is None else fold
+    # batch norm over a few channels left as it is (not folded): slow in channels_last and under bf16 (eagerly)
+    narrow = model is not None and compile is None and _has_narrow_norm(model, image_size if fold else 0)
+    pooled_bn = model is not None and compile is not None and _has_norm(model) and not fold
+    bf16 = kind == "cpu-bf16"
+    poolable = model is None or any(patch_poolable(m) for m in model.modules())
+    return {
+        "amp": (bf16 and not narrow, "off: this CPU has no bf16 in hardware" if not bf16 else
+                "off: batch norm over a few channels, unfolded, is slower in bf16" if narrow else
+                "on: this CPU has bf16 in hardware"),
+        "channels_last": (not narrow, "off: batch norm over a few channels is slow in channels_last" if narrow
+                          else "on on a CPU"),
+        "row_stacked": (False, "off on a CPU: no faster over a whole run"),
+        "fold_bn": (foldable, "on: batch norm over a few channels after a grey image's convolution" if foldable
+                    else "off: no such batch norm here"),
+        "patch_pool": (poolable and not (pooled_bn or narrow),
+                       "off: no 2x2 average pooling here" if not poolable else
+                       "off: compiled, it splits a fusion with batch norm" if pooled_bn else
+                       "off: slower beside batch norm over a few channels" if narrow else "on on a CPU"),
+        "cuda_graph": (False, "off: not a GPU")}
 
 
 def _cuda_graph_obstacle(device: torch.device, schedule: str, processes: int, compile: str | None) -> str | None:
@@ -182,9 +195,11 @@ def _has_norm(model: nn.Module) -> bool:
     return bool(_norms(model))
 
 
-def _has_narrow_norm(model: nn.Module) -> bool:
-    """A batch norm over fewer than 16 channels (a vector's lanes)."""
-    return any(getattr(m, "num_features", 16) < 16 for m in _norms(model))
+def _has_narrow_norm(model: nn.Module, folded_at: int | None = 0) -> bool:
+    """A batch norm over fewer than 16 channels (a vector's lanes), other than those :func:`use_folded_bn` folds
+    at images of ``folded_at`` pixels (0: none folded)."""
+    folded = {id(bn) for _, bn in foldable_pairs(model, folded_at)} if folded_at != 0 else set()
+    return any(getattr(m, "num_features", 16) < 16 for m in _norms(model) if id(m) not in folded)
 
 
 def eval_speed(device: torch.device, model: nn.Module, run_speed: dict[str, Any] | None = None,

@@ -186,7 +186,7 @@ def _find_data(options: TrainOptions, recipe: Recipe,
                recorded: dict[str, Any] | None) -> tuple[ImageDataset, ImageDataset]:
     if recorded is None:
         return load_splits(recipe.dataset, root=options.data_dir, download=options.download)
-    if recorded.get("is_sample"):  # a run on the sample goes on on the sample, wherever the full set is
+    if recorded.get("is_sample") and options.data_dir is None:  # a run on the sample goes on on the sample
         return load_sample("train"), load_sample("test")
     root = options.data_dir
     if root is None:
