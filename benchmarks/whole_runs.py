@@ -40,7 +40,7 @@ import moderncnn
 from moderncnn.cpumem import glibc_malloc
 from moderncnn.evaluate import select_device
 from moderncnn.recipes import get_recipe
-from moderncnn.train import plan_speed
+from moderncnn.train import SPEED_OPTIONS, plan_speed
 from _cli import model_names
 from _results import spread, write
 from reference_pipeline import torchvision_root
@@ -64,7 +64,7 @@ def variants(name: str, args: argparse.Namespace, device: torch.device) -> dict[
         model = moderncnn.create_model(name, num_classes=10, in_channels=1, **recipe.model_kwargs)
         plan = plan_speed(device, model, image_size=args.resize or recipe.resize or 28,
                           overrides={"amp": False} if args.fp32 else None)
-        for option in ("amp", "channels_last", "row_stacked", "patch_pool", "cuda_graph"):
+        for option in SPEED_OPTIONS:
             if getattr(plan, option) and not (args.fp32 and option == "amp"):
                 out[f"{option}=off"] = ["--speed", f"{option}=off"]
         if device.type == "cpu" and glibc_malloc():

@@ -36,17 +36,19 @@ def test_every_model_gets_a_plan_with_a_reason_for_each_option(name, native_bf16
 
 
 # What the whole book runs measured on a CPU with bf16 in hardware (docs/benchmarks.md): bf16, channels_last and
-# the matmul pooling for LeNet; batch norm folded into BN LeNet's first convolution; the from-scratch batch norm,
-# which is never folded, in fp32, NCHW and the plain pooling.
+# the matmul pooling for LeNet; batch norm folded into BN LeNet's first convolution, the plain pooling beside it;
+# the from-scratch batch norm, which is never folded, in fp32 and NCHW.
 EXPECTED = {"lenet": dict(amp=torch.bfloat16, channels_last=True, fold_bn=False, patch_pool=True),
-            "lenet_bn": dict(amp=torch.bfloat16, channels_last=True, fold_bn=True, patch_pool=True),
-            "lenet_bn_scratch": dict(amp=None, channels_last=False, fold_bn=False, patch_pool=False)}
+            "lenet_bn": dict(amp=torch.bfloat16, channels_last=True, fold_bn=True, patch_pool=False),
+            "lenet_bn_scratch": dict(amp=None, channels_last=False, fold_bn=False, patch_pool=False),
+            "alexnet": dict(amp=torch.bfloat16, channels_last=True, fold_bn=False, patch_pool=False),
+            "densenet_book": dict(amp=torch.bfloat16, channels_last=True, fold_bn=False, patch_pool=False)}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_the_lenets_plans_follow_the_measurements(name, monkeypatch):
+def test_the_book_models_plans_follow_the_measurements(name, monkeypatch):
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
-    plan = plan_speed(CPU, create_model(name), image_size=28)
+    plan = plan_speed(CPU, create_model(name), image_size=28 if name.startswith("lenet") else 96)
     assert {k: getattr(plan, k) for k in EXPECTED[name]} == EXPECTED[name]
     # at 224 pixels the fold's moments would cost more than the batch norm: not folded, so as any narrow one
     if name == "lenet_bn":
@@ -74,10 +76,19 @@ def test_the_plan_is_off_where_nothing_was_measured():
     assert not any(getattr(plan, o) for o in speed.SPEED_OPTIONS if o != "amp")
 
 
-def test_precision_line_says_why_fp32_where_the_cpu_chose_it(native_bf16):
+def test_precision_line_says_why_fp32_where_the_policy_chose_it(native_bf16):
     plan = plan_speed(CPU, create_model("lenet"))
     assert plan.precision == ("bfloat16 autocast" if native_bf16 else "fp32 (this CPU has no bf16 in hardware)")
     assert plan_speed(CPU, create_model("lenet"), overrides={"amp": False}).precision == "fp32"
+    scratch = plan_speed(CPU, create_model("lenet_bn_scratch")).precision
+    assert scratch == ("fp32 (batch norm over a few channels, unfolded, is slower in bf16)" if native_bf16
+                       else "fp32 (this CPU has no bf16 in hardware)")
+
+
+def test_freed_memory_is_kept_only_where_it_paid():
+    assert speed.keeps_freed_memory(CPU, 224)[0] and speed.keeps_freed_memory(CPU, 96)[0]
+    assert not speed.keeps_freed_memory(CPU, None)[0] and not speed.keeps_freed_memory(CPU, 28)[0]
+    assert not speed.keeps_freed_memory(torch.device("cuda"), 224)[0]
 
 
 def test_the_speed_layers_run_while_training_and_the_model_comes_back_plain(native_bf16):

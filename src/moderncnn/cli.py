@@ -81,7 +81,9 @@ def cmd_summary(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .cpumem import keep_freed_memory
     from .evaluate import select_device
+    from .recipes import get_recipe
     from .train import fit
+    from .train.speed import keeps_freed_memory
 
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "resize", "subset", "test_subset",
                                                "dataset") if getattr(args, k) is not None}
@@ -91,7 +93,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if model_kwargs:
         overrides["model_kwargs"] = model_kwargs
     speed = dict(args.speed or [])
-    if args.malloc and select_device(args.device).type == "cpu":
+    recipe = get_recipe(args.model, args.recipe, **overrides)
+    if args.malloc and keeps_freed_memory(select_device(args.device), recipe.resize)[0]:
         keep_freed_memory()  # process-wide and for good: only here, where the command owns the process
     out = args.out or Path("runs") / f"{args.model}-{args.recipe}"
     fit(args.model, args.recipe, out, args.device, seed=args.seed, data_dir=args.data_dir,
@@ -222,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a model with the book's recipe (or a modern one); checkpoints every epoch",
         description="Train MODEL like d2l's train_ch6 (--recipe book) or with a modern recipe. Writes a run "
-                    "directory: run.json, metrics.jsonl, curves.png, model.safetensors, state.pt. Ctrl-C keeps "
+                    "directory: run.json, metrics.jsonl, curves.png, model.safetensors, checkpoints/. Ctrl-C keeps "
                     "the last finished epoch; --resume continues from it. Several GPUs: torchrun "
                     "--nproc-per-node N -m moderncnn train MODEL ... (each batch split across them).",
     )
@@ -275,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="turn one speed option of the policy on or off (repeatable): " + ", ".join(SPEED_OPTIONS)
                         + " (default: what measured faster on this kind of machine; run.json says what and why)")
     g.add_argument("--no-malloc", dest="malloc", action="store_false",
-                   help="leave glibc's malloc as it is (default on a Linux CPU: it keeps freed memory for the "
-                        "next step, and the process its peak memory)")
+                   help="leave glibc's malloc as it is (default on a Linux CPU at 96 pixels and more: it keeps freed "
+                        "memory for the next step, and the process its peak memory)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bar or per-epoch lines (the final result is still printed)")
     p.set_defaults(func=cmd_train)

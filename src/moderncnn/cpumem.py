@@ -5,12 +5,12 @@ block over its mmap threshold (which it raises with the blocks freed, up to 32 M
 kernel, and hands them back on free, so the next step page-faults them in again and the kernel zeroes each one.
 The book's AlexNet step at batch 128 makes blocks of up to 143 MB, every step. With mmap off and no trimming,
 freed blocks stay in the heap and the next step reuses them: on a 2-core AMD EPYC (fp32), AlexNet's book step
-(330,000 page faults a step before) went from 5.2-5.3 to 4.5 s, GoogLeNet's from 1.8-2.0 to 1.5 s, and a LeNet
-step that had been page-faulting 4,100 pages a step (16 MB) from 20 to 14 ms; the trainer's own LeNet loop,
-which glibc's raised threshold already served from the heap, was as fast either way (docs/benchmarks.md).
+(330,000 page faults a step before) went from 5.2-5.3 to 4.5 s; the 96- and 224-pixel book experiments train
+1.04-1.4x faster with it on a CPU with bf16 in hardware, the 28-pixel LeNets no faster (docs/benchmarks.md).
 
 The cost: the process keeps the memory it used at its peak until it exits. The setting is process-wide and
-glibc cannot undo it, so it stays after :func:`~moderncnn.train.fit` returns.
+glibc cannot undo it, so the library never sets it: ``moderncnn train``, which owns its process, does where
+the speed policy says it pays (:func:`moderncnn.train.speed.keeps_freed_memory`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import platform
 
-__all__ = ["glibc_malloc", "keep_freed_memory"]
+__all__ = ["glibc_malloc", "keep_freed_memory", "keeping_freed_memory"]
 
 # mallopt's parameters, from glibc's malloc.h
 _M_TRIM_THRESHOLD = -1
@@ -50,4 +50,9 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # 2**31 - 1 bytes of free heap top before glibc trims it: never, in practice
     _kept = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    return _kept
+
+
+def keeping_freed_memory() -> bool:
+    """Whether :func:`keep_freed_memory` has set this process's malloc (for run.json)."""
     return _kept

@@ -2,7 +2,7 @@
 
 Why: on a GPU the book's small models are launch-bound. LeNet's step is a few dozen kernels of a few
 microseconds each, and the Python that launches them sets the pace. The first measurement on an H100
-gave 130k ex/s eager, a 2 ms step (docs/benchmarks.md). A graph launches them all at once.
+gave 130k ex/s eager, a 2 ms step (docs/notes.md). A graph launches them all at once.
 ``torch.compile(mode="reduce-overhead")`` graphs the forward and backward passes only. It leaves out
 the optimizer, and it compiles for up to a minute a model first. The step may also be a compiled one
 (``fit(compile=True)`` on CUDA): inductor's fused kernels, launched by the graph, are the fastest way

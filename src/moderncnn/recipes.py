@@ -157,7 +157,7 @@ MODERN_LR: dict[str, float] = {"lenet": 0.9, "lenet_bn": 0.5, "lenet_bn_scratch"
 #: Book experiments whose modern recipe trains without crop + flip. The 28-pixel LeNets underfit in 10 epochs,
 #: and augmentation cost them 3.5-7 points of test accuracy (CPU, seeds 0 and 1, modern recipe without / with
 #: it): lenet 0.850 / 0.782 and 0.855 / 0.782, lenet_bn 0.909 / 0.875 and 0.908 / 0.873, lenet_bn_scratch
-#: 0.894 / 0.851 and 0.896 / 0.850 (docs/benchmarks.md). lenet5 borrows lenet's recipe, so this too. The
+#: 0.894 / 0.851 and 0.896 / 0.850 (docs/notes.md; per-seed figures in git history, commit 6c52d17). lenet5 borrows lenet's recipe, so this too. The
 #: larger models are measured only with it.
 MODERN_NO_AUGMENT = frozenset({"lenet", "lenet_bn", "lenet_bn_scratch"})
 

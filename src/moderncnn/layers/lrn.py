@@ -38,7 +38,7 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 
     PyTorch sums the window with ``avg_pool3d``, which autocast runs in fp32 (it has no bf16 CPU kernel): on
     the CPU that made alexnet_paper train at 14 images/s against alexnet's 93, and googlenet_paper at 9, most
-    of it in their LRN layers. This form keeps bf16 and is several times faster (docs/benchmarks.md). (A 1x1
+    of it in their LRN layers. This form keeps bf16 and is several times faster (docs/notes.md). (A 1x1
     convolution by a 0/1 band matrix is as fast, but would count as multiply-adds in ``summary``.)
     """
 

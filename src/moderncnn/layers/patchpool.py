@@ -9,10 +9,9 @@ width, and a broadcast of whole rows along the height, which vectorises fully an
 next (the sigmoid's backward). The forward is ``avg_pool2d`` itself, and the gradients are the same
 numbers: each output gradient divided by the window's area, as ``avg_pool2d`` rounds it, then copied.
 
-Inside a bf16 train step on the 2-core test machine (``python benchmarks/cpu_patch_pool.py [--compile]``,
-docs/benchmarks.md): LeNet 1.23-1.27x faster compiled and 1.20-1.29x eagerly, BN LeNet 1.12-1.15x eagerly;
-compiled, where the compiler would fuse the pooling's backward with a batch norm's, it is slower (0.88-0.91x),
-so the trainer leaves compiled models with batch norm alone.
+LeNet's whole book run is 1.16x faster with it on a CPU with bf16 in hardware; beside batch norm (BN LeNet,
+DenseNet) it is no faster, and compiled it splits a fusion with batch norm's backward, so the speed policy
+uses it in models without batch norm (docs/benchmarks.md, docs/notes.md).
 """
 
 from __future__ import annotations

@@ -1,14 +1,12 @@
-"""Convolutions over one input channel computed over stacked rows: a speed option for the CPU.
+"""Convolutions over one input channel computed over stacked rows: a speed option for the GPU.
 
 Every model trained on grey images starts with a convolution over one channel. Stacking the kernel's ``kh``
 row-shifted copies of the padded input as channels turns a ``kh x kw`` convolution over one channel into a
 ``1 x kw`` convolution over ``kh`` channels, with the weights laid out as ``(out, kh, 1, kw)``: the same
-products and sums. oneDNN runs that faster than its single-channel kernels, forward and weight gradient:
-inside a bf16 train step on the 2-core test machine, profiled, AlexNet's stem takes 56 ms instead of 249,
-NiN's 81 instead of 285, DenseNet's 42 instead of 71 and LeNet's 5.4 instead of 6.7 (ResNet-18's 39 or 98
-instead of 131 or 103, VGG's 210 or 171 instead of 233 or 124: noisy); the compiled LeNet steps gain 8-17%
-(``python benchmarks/cpu_row_stacked.py``, docs/benchmarks.md). Over three or more channels the direct
-convolution is faster, so only single-channel ones are converted.
+products and sums. cuDNN runs that faster than its slow single-channel kernel (on an H100, AlexNet 1.21x,
+NiN 1.18x, VGG 1.10x). On a CPU, oneDNN's stem got faster too, but whole book runs did not (docs/notes.md), so
+the speed policy uses it on a GPU only. Over three or more channels the direct convolution is faster, so only
+single-channel ones are converted.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import load_pretrained, load_weights
+from ..cpumem import keeping_freed_memory
 from ..data import ImageDataset, check_provenance, load_sample, load_splits
 from ..data.base import DataError
 from ..distributed import World, join, leave, local_device, main_first, on_main, world_from_env
@@ -135,6 +136,7 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
     meta = run_metadata(options.name, recipe, options.seed, train, test, normalize, device, options.command, plan,
                         world.size)
     meta["init_from"] = pretrained
+    meta["speed"]["keeps_freed_memory"] = keeping_freed_memory()  # the command's choice (keeps_freed_memory)
     if previous is not None:
         check_resumable(previous, meta, run.dir)
         meta.update(start_time=previous.get("start_time"), resumed_at=meta["start_time"],
