@@ -85,10 +85,9 @@ def test_precision_line_says_why_fp32_where_the_policy_chose_it(native_bf16):
                        else "fp32 (this CPU has no bf16 in hardware)")
 
 
-def test_freed_memory_is_kept_only_where_it_paid():
-    assert speed.keeps_freed_memory(CPU, 224)[0] and speed.keeps_freed_memory(CPU, 96)[0]
-    assert not speed.keeps_freed_memory(CPU, None)[0] and not speed.keeps_freed_memory(CPU, 28)[0]
-    assert not speed.keeps_freed_memory(torch.device("cuda"), 224)[0]
+def test_freed_memory_is_kept_on_a_cpu_only():
+    assert speed.keeps_freed_memory(CPU)[0]
+    assert not speed.keeps_freed_memory(torch.device("cuda"))[0]
 
 
 def test_the_speed_layers_run_while_training_and_the_model_comes_back_plain(native_bf16):

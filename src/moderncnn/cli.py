@@ -81,7 +81,6 @@ def cmd_summary(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .cpumem import keep_freed_memory
     from .evaluate import select_device
-    from .recipes import get_recipe
     from .train import fit
     from .train.speed import keeps_freed_memory
 
@@ -93,8 +92,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if model_kwargs:
         overrides["model_kwargs"] = model_kwargs
     speed = dict(args.speed or [])
-    recipe = get_recipe(args.model, args.recipe, **overrides)
-    if args.malloc and keeps_freed_memory(select_device(args.device), recipe.resize)[0]:
+    if args.malloc and keeps_freed_memory(select_device(args.device))[0]:
         keep_freed_memory()  # process-wide and for good: only here, where the command owns the process
     out = args.out or Path("runs") / f"{args.model}-{args.recipe}"
     fit(args.model, args.recipe, out, args.device, seed=args.seed, data_dir=args.data_dir,
@@ -278,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="turn one speed option of the policy on or off (repeatable): " + ", ".join(SPEED_OPTIONS)
                         + " (default: what measured faster on this kind of machine; run.json says what and why)")
     g.add_argument("--no-malloc", dest="malloc", action="store_false",
-                   help="leave glibc's malloc as it is (default on a Linux CPU at 96 pixels and more: it keeps freed "
+                   help="leave glibc's malloc as it is (default on a Linux CPU: it keeps freed "
                         "memory for the next step, and the process its peak memory)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bar or per-epoch lines (the final result is still printed)")

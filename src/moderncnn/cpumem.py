@@ -6,11 +6,11 @@ kernel, and hands them back on free, so the next step page-faults them in again 
 The book's AlexNet step at batch 128 makes blocks of up to 143 MB, every step. With mmap off and no trimming,
 freed blocks stay in the heap and the next step reuses them: on a 2-core AMD EPYC (fp32), AlexNet's book step
 (330,000 page faults a step before) went from 5.2-5.3 to 4.5 s; the 96- and 224-pixel book experiments train
-1.04-1.4x faster with it on a CPU with bf16 in hardware, the 28-pixel LeNets no faster (docs/benchmarks.md).
+1.04-1.4x faster with it on a CPU with bf16 in hardware, the 28-pixel LeNets 0.99-1.08x (docs/benchmarks.md).
 
 The cost: the process keeps the memory it used at its peak until it exits. The setting is process-wide and
-glibc cannot undo it, so the library never sets it: ``moderncnn train``, which owns its process, does where
-the speed policy says it pays (:func:`moderncnn.train.speed.keeps_freed_memory`).
+glibc cannot undo it, so the library never sets it: ``moderncnn train``, which owns its process, does on a CPU
+(the speed policy's choice: :func:`moderncnn.train.speed.keeps_freed_memory`).
 """
 
 from __future__ import annotations

@@ -180,15 +180,14 @@ def _defaults(kind: str, model: nn.Module | None, image_size: int | None, compil
         "cuda_graph": (False, "off: not a GPU")}
 
 
-def keeps_freed_memory(device: torch.device, image_size: int | None) -> tuple[bool, str]:
+def keeps_freed_memory(device: torch.device) -> tuple[bool, str]:
     """Whether a run's process should have glibc's malloc keep freed memory for the next step
     (:mod:`moderncnn.cpumem`), and why. Process-wide and for good, so only ``moderncnn train``, which owns its
     process, acts on it; the library never does."""
     if device.type != "cpu":
         return False, "off: not a CPU"
-    if (image_size or 0) < 96:
-        return False, "off: the 28-pixel runs are no faster with it"
-    return True, "on: the 96- and 224-pixel runs' steps 1.04-1.4x faster"
+    # The 96- and 224-pixel runs pay (1.04-1.43x); the 28-pixel ones gain a little (0.99-1.08x), never lose.
+    return True, "on on a CPU: the 96- and 224-pixel runs 1.04-1.43x faster, the 28-pixel ones no slower"
 
 
 def _cuda_graph_obstacle(device: torch.device, schedule: str, processes: int, compile: str | None) -> str | None:
