@@ -97,7 +97,7 @@ def train_ch6(model: nn.Module, train_iter: DataLoader, test_iter: DataLoader, n
     leaving it out makes the book faster, not slower).
 
     Returns the book's closing figures (loss, train acc, test acc of the last epoch; examples/sec by the book's
-    timer, around the step only), ``examples`` (an epoch's) and ``seconds``, the whole run's wall time, test
+    timer, around the step only), every epoch's test accuracy, ``examples`` (an epoch's) and ``seconds``, the whole run's wall time, test
     passes and worker start-ups included.
     """
     start = time.perf_counter()
@@ -105,6 +105,7 @@ def train_ch6(model: nn.Module, train_iter: DataLoader, test_iter: DataLoader, n
     model.to(device)
     step = book_step(model, lr, device)
     step_time = 0.0
+    test_accs = []
     for _ in range(num_epochs):
         model.train()
         loss_sum = correct = examples = 0.0
@@ -113,10 +114,10 @@ def train_ch6(model: nn.Module, train_iter: DataLoader, test_iter: DataLoader, n
             l, c = step(X, y)
             step_time += time.perf_counter() - t0
             loss_sum, correct, examples = loss_sum + l, correct + c, examples + X.shape[0]
-        test_acc = book_accuracy(model, test_iter, device)
-    return {"loss": loss_sum / examples, "train_acc": correct / examples, "test_acc": test_acc,
-            "examples_per_sec": examples * num_epochs / step_time, "examples": examples,
-            "seconds": time.perf_counter() - start}
+        test_accs.append(book_accuracy(model, test_iter, device))
+    return {"loss": loss_sum / examples, "train_acc": correct / examples, "test_acc": test_accs[-1],
+            "test_acc_history": test_accs, "examples_per_sec": examples * num_epochs / step_time,
+            "examples": examples, "seconds": time.perf_counter() - start}
 
 
 def endless(loader):

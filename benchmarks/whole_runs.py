@@ -101,9 +101,13 @@ def run_once(cmd: list[str], env: dict, run_dir: Path, variant: str) -> dict:
         raise ValueError(f"the {variant} run failed ({last})")
     if cmd[1].endswith("reference_pipeline.py"):
         final = json.loads(done.stdout.strip().splitlines()[-1])
+        history = final["test_acc_history"]
     else:
         final = json.loads((run_dir / "run.json").read_text())["final"]
-    return {"seconds": seconds, **{k: final[k] for k in ("loss", "train_acc", "test_acc", "examples_per_sec")}}
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        history = [json.loads(line)["test_acc"] for line in lines if line.strip()]
+    return {"seconds": seconds, **{k: final[k] for k in ("loss", "train_acc", "test_acc", "examples_per_sec")},
+            "test_acc_history": history}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -150,6 +150,8 @@ def test_whole_runs_ablates_each_option_the_policy_turns_on(monkeypatch):
     ("book_experiments", ["--data-dir", ".", "--models", "lenet,nosuch"],
      "book_experiments.py: error: unknown model 'nosuch'"),
     ("whole_runs", ["--data-dir", "/nonexistent"], "whole_runs.py: error: no folder /nonexistent: pass --data-dir"),
+    ("parity", ["--seeds", "1"], "parity.py: error: --seeds must be at least 2"),
+    ("parity", ["--models", "lenet,nosuch"], "parity.py: error: unknown model 'nosuch'"),
 ])
 def test_benchmark_scripts_fail_in_one_line(name, args, message):
     import subprocess
@@ -158,3 +160,28 @@ def test_benchmark_scripts_fail_in_one_line(name, args, message):
                           timeout=120)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
+
+
+def test_parity_interval_holds_zero_for_one_distribution_and_not_for_a_shifted_one():
+    parity = script("parity")
+    book = [0.85, 0.87, 0.84, 0.88, 0.86]
+    same = parity.difference([0.86, 0.85, 0.87, 0.84, 0.88], book)
+    assert same["low"] < 0 < same["high"] and abs(same["mean"]) < 1e-9
+    lower = parity.difference([a - 0.1 for a in book], book)
+    assert lower["high"] < 0 and lower["low"] <= lower["mean"] <= lower["high"]
+    assert abs(lower["mean"] + 0.1) < 1e-9
+    run = {"test_acc_history": [0.1, 0.5, 0.6, 0.7, 0.8]}
+    assert parity.late_accuracy(run) == pytest.approx(0.7)
+
+
+@needs_shared
+def test_parity_runs_both_pipelines_for_each_seed(tmp_path, capsys):
+    out = tmp_path / "parity.json"
+    script("parity").main(["--data-dir", str(SHARED), "--models", "lenet_bn", "--epochs", "2", "--seeds", "2",
+                           "--subset", "512", "--variant", "fp32=--no-amp", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    assert set(row["runs"]) == {"book", "moderncnn", "fp32"} and set(row["difference_from_book"]) == {"moderncnn", "fp32"}
+    for variant, runs in row["runs"].items():
+        assert [r["seed"] for r in runs] == [0, 1] and all(len(r["test_acc_history"]) == 2 for r in runs), variant
+    assert row["runs"]["book"][0]["loss"] != row["runs"]["book"][1]["loss"], "each seed its own run"
+    assert "| book | " in capsys.readouterr().out

@@ -1,0 +1,140 @@
+"""Accuracy parity with the book's own code: N seeds of d2l's ``train_ch6`` and N of ``moderncnn train``.
+
+    python benchmarks/parity.py [--models lenet,lenet_bn,lenet_bn_scratch] [--seeds 5] [--epochs 10]
+        [--variant NAME=ARGS] [--workers 0] [--subset N] [--device cpu] [--data-dir DIR] [--machine NAME] [--json FILE]
+
+For each model and seed, the book's pipeline (``reference_pipeline.py``: torchvision's FashionMNIST, its
+DataLoader, Xavier init, plain SGD, fp32) and moderncnn's book recipe each train a whole run from that
+torch seed, one process a run, interleaved seed by seed; ``--variant NAME=ARGS`` adds ``moderncnn train``
+with extra arguments (``fp32="--no-amp"``, ``nofold="--speed fold_bn=off"``): the ablations that find what
+moves the accuracy. The two sides draw different random numbers from the same seed, so runs are compared as
+distributions, not seed by seed.
+
+Prints, per model, each side's final test accuracy (mean +- sd, min-max), its mean over the last 3 epochs
+(steadier: at the book's lr a run's test accuracy swings by points from epoch to epoch) and the train loss,
+and each side's difference from the book with a 95% bootstrap confidence interval of the difference of the
+means: an interval that holds 0 (or lies above it) is parity. Writes the runs as JSON
+(``docs/results/<machine>/parity-<date>.json`` unless ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from moderncnn.evaluate import select_device
+from _cli import model_names
+from _results import write
+from reference_pipeline import torchvision_root
+from whole_runs import LENETS, command, run_once
+
+RESAMPLES = 10_000
+LATE_EPOCHS = 3
+
+
+def difference(ours: list[float], book: list[float], resamples: int = RESAMPLES) -> dict[str, float]:
+    """mean(ours) - mean(book), with the 2.5th and 97.5th percentiles of that difference over bootstrap
+    resamples of each side (a fixed seed: the same runs always give the same interval)."""
+    rng = random.Random(0)
+    diffs = sorted(statistics.fmean(rng.choices(ours, k=len(ours))) - statistics.fmean(rng.choices(book, k=len(book)))
+                   for _ in range(resamples))
+    return {"mean": statistics.fmean(ours) - statistics.fmean(book), "low": diffs[int(0.025 * resamples)],
+            "high": diffs[int(0.975 * resamples) - 1]}
+
+
+def summary(runs: list[dict]) -> dict[str, float]:
+    acc = [r["test_acc"] for r in runs]
+    late = [late_accuracy(r) for r in runs]
+    return {"test_acc_mean": statistics.fmean(acc), "test_acc_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "test_acc_min": min(acc), "test_acc_max": max(acc), "late_test_acc_mean": statistics.fmean(late),
+            "late_test_acc_sd": statistics.stdev(late) if len(late) > 1 else 0.0,
+            "loss_mean": statistics.fmean(r["loss"] for r in runs)}
+
+
+def late_accuracy(run: dict, epochs: int = LATE_EPOCHS) -> float:
+    """A run's test accuracy averaged over its last ``epochs`` epochs: at the book's lr the last epoch's figure
+    swings by points from one epoch to the next, and this is a steadier measure of where the run ended."""
+    history = run["test_acc_history"][-epochs:]
+    return statistics.fmean(history)
+
+
+def run_model(name: str, args: argparse.Namespace, work: Path, root: Path) -> dict:
+    kinds: dict[str, list[str]] = {"book": ["<book>"], "moderncnn": []}
+    for text in args.variant or []:
+        label, _, extra = text.partition("=")
+        kinds[label] = extra.split()
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    for seed in range(args.seed, args.seed + args.seeds):
+        for variant, extra in kinds.items():
+            cmd, env = command(name, extra, _with_seed(args, seed), work / "run", root)
+            runs[variant].append({"seed": seed, **run_once(cmd, env, work / "run", variant)})
+            print(f"{name} seed {seed} {variant}: test acc {runs[variant][-1]['test_acc']:.3f} "
+                  f"({runs[variant][-1]['seconds']:.0f} s)", file=sys.stderr, flush=True)
+    stats = {k: summary(rs) for k, rs in runs.items()}
+    diffs = {k: {"test_acc": difference([r["test_acc"] for r in rs], [r["test_acc"] for r in runs["book"]]),
+                 "late_test_acc": difference([late_accuracy(r) for r in rs], [late_accuracy(r) for r in runs["book"]])}
+             for k, rs in runs.items() if k != "book"}
+    print(f"\n{name}: {args.epochs} epochs, seeds {args.seed}-{args.seed + args.seeds - 1}; 95% CI of the difference "
+          f"from the book's mean; late: the mean of each run's last {LATE_EPOCHS} epochs\n"
+          "| pipeline | test acc mean +- sd | min-max | minus the book's | late test acc | minus the book's | "
+          "train loss |\n|---|---|---|---|---|---|---|")
+    for k, s in stats.items():
+        d = diffs.get(k)
+        vs = [f"{e['mean']:+.3f} ({e['low']:+.3f} to {e['high']:+.3f})" for e in d.values()] if d else ["-", "-"]
+        print(f"| {k} | {s['test_acc_mean']:.3f} +- {s['test_acc_sd']:.3f} | {s['test_acc_min']:.3f}-"
+              f"{s['test_acc_max']:.3f} | {vs[0]} | {s['late_test_acc_mean']:.3f} +- {s['late_test_acc_sd']:.3f} | "
+              f"{vs[1]} | {s['loss_mean']:.3f} |", flush=True)
+    return {"model": name, "variants": {k: " ".join(v) for k, v in kinds.items()}, "summary": stats,
+            "difference_from_book": diffs, "runs": runs}
+
+
+def _with_seed(args: argparse.Namespace, seed: int) -> argparse.Namespace:
+    one = argparse.Namespace(**vars(args))
+    one.seed = seed
+    return one
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--models", default=LENETS, help="comma-separated book-recipe models")
+    p.add_argument("--seeds", type=int, default=5, help="how many seeds a side (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--variant", action="append", metavar="NAME=ARGS",
+                   help="also moderncnn with these extra arguments, e.g. fp32='--no-amp' (repeatable)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="the book DataLoader's workers (d2l: 4; the default 0 trains on the same batches, since the "
+                        "sampler and the workers' seed are drawn in this process either way, without the workers' start-up)")
+    p.add_argument("--subset", type=int, help="train on the first N images only (a quick check, not parity)")
+    p.add_argument("--machine", help="the results folder's name (default: from the device's name)")
+    p.add_argument("--json", help="write the results here instead of docs/results/<machine>/")
+    args = p.parse_args(argv)
+    args.models = model_names(args.models)
+    if args.seeds < 2:
+        p.error("--seeds must be at least 2: one run a side has no spread to compare")
+    if not Path(args.data_dir).is_dir():
+        p.error(f"no folder {args.data_dir}: pass --data-dir DIR, a folder with Fashion-MNIST's .gz files")
+    # whole_runs.command reads these: parity runs at the recipe's size, in its precision, on the whole test set
+    args.fp32, args.test_subset, args.resize = False, None, None
+    device = select_device(args.device)
+    work = Path(tempfile.mkdtemp(prefix="moderncnn-parity-"))
+    try:
+        root = torchvision_root(Path(args.data_dir), work)
+        results = [run_model(name, args, work, root) for name in args.models]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write({"epochs": args.epochs, "subset": args.subset, "seeds": list(range(args.seed, args.seed + args.seeds)), "workers": args.workers,
+           "results": results}, "parity", device, args.machine, args.json)
+
+
+if __name__ == "__main__":
+    import _cli
+
+    _cli.run(main)
