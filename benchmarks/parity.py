@@ -1,7 +1,7 @@
 """Accuracy parity with the book's own code: N seeds of d2l's ``train_ch6`` and N of ``moderncnn train``.
 
     python benchmarks/parity.py [--models lenet,lenet_bn,lenet_bn_scratch] [--seeds 5] [--epochs 10]
-        [--variant NAME=ARGS] [--workers 0] [--subset N] [--device cpu] [--data-dir DIR] [--machine NAME] [--json FILE]
+        [--variant NAME=ARGS] [--book-from JSON] [--workers 0] [--subset N] [--device cpu] [--data-dir DIR] [--machine NAME] [--json FILE]
 
 For each model and seed, the book's pipeline (``reference_pipeline.py``: torchvision's FashionMNIST, its
 DataLoader, Xavier init, plain SGD, fp32) and moderncnn's book recipe each train a whole run from that
@@ -20,6 +20,7 @@ means: an interval that holds 0 (or lies above it) is parity. Writes the runs as
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import statistics
@@ -49,11 +50,17 @@ def difference(ours: list[float], book: list[float], resamples: int = RESAMPLES)
 
 def summary(runs: list[dict]) -> dict[str, float]:
     acc = [r["test_acc"] for r in runs]
-    late = [late_accuracy(r) for r in runs]
+    late = lates(runs)
     return {"test_acc_mean": statistics.fmean(acc), "test_acc_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-            "test_acc_min": min(acc), "test_acc_max": max(acc), "late_test_acc_mean": statistics.fmean(late),
-            "late_test_acc_sd": statistics.stdev(late) if len(late) > 1 else 0.0,
+            "test_acc_min": min(acc), "test_acc_max": max(acc),
+            "late_test_acc_mean": statistics.fmean(late) if late else None,
+            "late_test_acc_sd": statistics.stdev(late) if len(late) > 1 else None,
             "loss_mean": statistics.fmean(r["loss"] for r in runs)}
+
+
+def lates(runs: list[dict]) -> list[float]:
+    """:func:`late_accuracy` of every run that kept its history (results before 2ae35a4 did not)."""
+    return [late_accuracy(r) for r in runs if "test_acc_history" in r]
 
 
 def late_accuracy(run: dict, epochs: int = LATE_EPOCHS) -> float:
@@ -63,21 +70,40 @@ def late_accuracy(run: dict, epochs: int = LATE_EPOCHS) -> float:
     return statistics.fmean(history)
 
 
+def book_runs(path: str, name: str, seeds: list[int], epochs: int) -> list[dict]:
+    """The book's runs of ``name`` for ``seeds`` from an earlier parity JSON (``--book-from``): the book's side
+    does not change with ours, and it is the slower half of the benchmark."""
+    earlier = json.loads(Path(path).read_text())
+    if earlier.get("benchmark") != "parity" or earlier.get("epochs") != epochs or earlier.get("subset"):
+        raise ValueError(f"{path} is not a parity result of {epochs} epochs on the whole training set")
+    found = {r["seed"]: r for row in earlier["results"] if row["model"] == name for r in row["runs"]["book"]}
+    missing = [s for s in seeds if s not in found]
+    if missing:
+        raise ValueError(f"{path} has no book run of {name} for seed(s) {missing}: run without --book-from")
+    return [found[s] for s in seeds]
+
+
 def run_model(name: str, args: argparse.Namespace, work: Path, root: Path) -> dict:
     kinds: dict[str, list[str]] = {"book": ["<book>"], "moderncnn": []}
     for text in args.variant or []:
         label, _, extra = text.partition("=")
         kinds[label] = extra.split()
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
-    for seed in range(args.seed, args.seed + args.seeds):
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    if args.book_from:
+        runs["book"] = book_runs(args.book_from, name, seeds, args.epochs)
+    for seed in seeds:
         for variant, extra in kinds.items():
+            if variant == "book" and args.book_from:
+                continue
             cmd, env = command(name, extra, _with_seed(args, seed), work / "run", root)
             runs[variant].append({"seed": seed, **run_once(cmd, env, work / "run", variant)})
             print(f"{name} seed {seed} {variant}: test acc {runs[variant][-1]['test_acc']:.3f} "
                   f"({runs[variant][-1]['seconds']:.0f} s)", file=sys.stderr, flush=True)
     stats = {k: summary(rs) for k, rs in runs.items()}
     diffs = {k: {"test_acc": difference([r["test_acc"] for r in rs], [r["test_acc"] for r in runs["book"]]),
-                 "late_test_acc": difference([late_accuracy(r) for r in rs], [late_accuracy(r) for r in runs["book"]])}
+                 "late_test_acc": difference(lates(rs), lates(runs["book"])) if lates(rs) and lates(runs["book"])
+                 else None}
              for k, rs in runs.items() if k != "book"}
     print(f"\n{name}: {args.epochs} epochs, seeds {args.seed}-{args.seed + args.seeds - 1}; 95% CI of the difference "
           f"from the book's mean; late: the mean of each run's last {LATE_EPOCHS} epochs\n"
@@ -85,10 +111,12 @@ def run_model(name: str, args: argparse.Namespace, work: Path, root: Path) -> di
           "train loss |\n|---|---|---|---|---|---|---|")
     for k, s in stats.items():
         d = diffs.get(k)
-        vs = [f"{e['mean']:+.3f} ({e['low']:+.3f} to {e['high']:+.3f})" for e in d.values()] if d else ["-", "-"]
+        vs = [f"{e['mean']:+.3f} ({e['low']:+.3f} to {e['high']:+.3f})" if e else "-" for e in d.values()] \
+            if d else ["-", "-"]
+        late = f"{s['late_test_acc_mean']:.3f} +- {s['late_test_acc_sd'] or 0:.3f}" \
+            if s["late_test_acc_mean"] is not None else "-"
         print(f"| {k} | {s['test_acc_mean']:.3f} +- {s['test_acc_sd']:.3f} | {s['test_acc_min']:.3f}-"
-              f"{s['test_acc_max']:.3f} | {vs[0]} | {s['late_test_acc_mean']:.3f} +- {s['late_test_acc_sd']:.3f} | "
-              f"{vs[1]} | {s['loss_mean']:.3f} |", flush=True)
+              f"{s['test_acc_max']:.3f} | {vs[0]} | {late} | {vs[1]} | {s['loss_mean']:.3f} |", flush=True)
     return {"model": name, "variants": {k: " ".join(v) for k, v in kinds.items()}, "summary": stats,
             "difference_from_book": diffs, "runs": runs}
 
@@ -112,11 +140,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="the book DataLoader's workers (d2l: 4; the default 0 trains on the same batches, since the "
                         "sampler and the workers' seed are drawn in this process either way, without the workers' start-up)")
+    p.add_argument("--book-from", metavar="JSON", help="the book's runs from an earlier parity result (same seeds and "
+                                                          "epochs) instead of running them again")
     p.add_argument("--subset", type=int, help="train on the first N images only (a quick check, not parity)")
     p.add_argument("--machine", help="the results folder's name (default: from the device's name)")
     p.add_argument("--json", help="write the results here instead of docs/results/<machine>/")
     args = p.parse_args(argv)
     args.models = model_names(args.models)
+    if args.book_from and args.subset:
+        p.error("--book-from holds runs on the whole training set: leave out --subset")
     if args.seeds < 2:
         p.error("--seeds must be at least 2: one run a side has no spread to compare")
     if not Path(args.data_dir).is_dir():
@@ -130,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         results = [run_model(name, args, work, root) for name in args.models]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write({"epochs": args.epochs, "subset": args.subset, "seeds": list(range(args.seed, args.seed + args.seeds)), "workers": args.workers,
+    write({"epochs": args.epochs, "subset": args.subset, "book_from": args.book_from, "seeds": list(range(args.seed, args.seed + args.seeds)), "workers": args.workers,
            "results": results}, "parity", device, args.machine, args.json)
 
 

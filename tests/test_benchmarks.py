@@ -185,3 +185,16 @@ def test_parity_runs_both_pipelines_for_each_seed(tmp_path, capsys):
         assert [r["seed"] for r in runs] == [0, 1] and all(len(r["test_acc_history"]) == 2 for r in runs), variant
     assert row["runs"]["book"][0]["loss"] != row["runs"]["book"][1]["loss"], "each seed its own run"
     assert "| book | " in capsys.readouterr().out
+
+
+def test_parity_takes_the_books_runs_from_an_earlier_result_only_where_they_match(tmp_path):
+    parity = script("parity")
+    earlier = tmp_path / "parity.json"
+    runs = [{"seed": s, "test_acc": 0.8 + s / 100, "loss": 0.4} for s in range(3)]
+    earlier.write_text(json.dumps({"benchmark": "parity", "epochs": 10, "subset": None,
+                                   "results": [{"model": "lenet", "runs": {"book": runs}}]}))
+    assert [r["seed"] for r in parity.book_runs(str(earlier), "lenet", [2, 0], 10)] == [2, 0]
+    with pytest.raises(ValueError, match=r"no book run of lenet for seed\(s\) \[3\]"):
+        parity.book_runs(str(earlier), "lenet", [0, 3], 10)
+    with pytest.raises(ValueError, match="not a parity result of 2 epochs"):
+        parity.book_runs(str(earlier), "lenet", [0], 2)
