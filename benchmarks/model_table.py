@@ -17,13 +17,27 @@ def main() -> None:
     print("| model | form | input | classes | parameters | MACs |")
     print("|---|---|---|---|---:|---:|")
     for row in moderncnn.compare(moderncnn.list_models()):
-        form = "book" if row["model"] in BOOK else "paper"
-        print(f"| `{row['model']}` | {form} | {row['input']} | {row['num_classes']} | {row['params']:,} | "
-              f"{row['macs'] / 1e6:,.1f} M |")
+        print(f"| `{row['model']}` | {form(row['model'])} | {row['input']} | {row['num_classes']} | {row['params']:,} | "
+              f"{row['macs']:,} |")
+    print("\nForms: *book* is the book's code for Fashion-MNIST; *paper* the paper's network (ImageNet defaults);")
+    print("*ours* a variant of a book form that neither has; *paper + batch norm* torchvision's VGG with batch norm,")
+    print("which the VGG paper predates. `alexnet_paper` is split across two GPUs as in the paper (grouped conv2,")
+    print("conv4, conv5); `alexnet_paper_1gpu` is the same network ungrouped. `lenet5`'s C3 is counted over the 60")
+    print("kernels of the paper's Table I, not as a dense 16x6 convolution.")
 
 
-BOOK = {"lenet", "lenet_bn", "lenet_bn_scratch", "alexnet", "vgg11_book", "nin", "nin_bn", "googlenet", "resnet18_book",
+BOOK = {"lenet", "lenet_bn", "lenet_bn_scratch", "alexnet", "vgg11_book", "nin", "googlenet", "resnet18_book",
         "densenet_book"}
+OTHER_FORMS = {"nin_bn": "ours: book + batch norm", "alexnet_paper_1gpu": "paper, one GPU"}
+
+
+def form(name: str) -> str:
+    if name in BOOK:
+        return "book"
+    if name in OTHER_FORMS:
+        return OTHER_FORMS[name]
+    return "paper + batch norm" if name.startswith("vgg") and name.endswith("_bn") else "paper"
+
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from moderncnn.data import write_idx
@@ -30,3 +31,18 @@ def assert_same_as_conv2d(layer: torch.nn.Module, conv: torch.nn.Conv2d, x: torc
     for ours, theirs in zip(torch.autograd.grad(layer(x), (x, layer.weight, layer.bias), grad),
                             torch.autograd.grad(y, (x, conv.weight, conv.bias), grad)):
         torch.testing.assert_close(ours, theirs)
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """No data from the user's cache or $MODERNCNN_DATA, and no download can start (a module opts in with
+    ``from fixtures import offline`` and ``pytestmark = pytest.mark.usefixtures("offline")``)."""
+    monkeypatch.setenv("MODERNCNN_DATA", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    import moderncnn.data.datasets as datasets
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a test tried to download")
+
+    monkeypatch.setattr(datasets, "_download", no_network)
+    monkeypatch.setattr(datasets, "_download_cifar10", no_network)

@@ -105,14 +105,20 @@ def test_book_alexnet_reset_classifier():
 
 
 # ---- AlexNet, the paper's form --------------------------------------------------------------------------------------
-PAPER_PARAMS = {1: 62_378_344, 2: 60_965_224}
+PAPER_COUNTS = {"alexnet_paper": (2, 60_965_224, 724_406_816), "alexnet_paper_1gpu": (1, 62_378_344, 1_135_256_096)}
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_alexnet_paper(groups):
+@pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
+def test_alexnet_paper(name):
     torch.manual_seed(0)
-    model = moderncnn.create_model("alexnet_paper", groups=groups).eval()
-    assert sum(p.numel() for p in model.parameters()) == PAPER_PARAMS[groups]
+    model = moderncnn.create_model(name).eval()
+    groups, params, macs = PAPER_COUNTS[name]
+    assert model.groups == groups and moderncnn.create_model("alexnet_paper", groups=groups).groups == groups
+    totals = moderncnn.summary(model, (3, 227, 227)).totals
+    assert (totals.params, totals.macs) == (params, macs)
+    norms = [m for m in model.features if isinstance(m, nn.LocalResponseNorm)]
+    assert [(m.size, m.alpha, m.beta, m.k, m.alpha_over_size, m.groups) for m in norms] == \
+        [(5, 1e-4, 0.75, 2.0, False, groups)] * 2
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [96, 256, 384, 384, 256]
     assert [c.groups for c in convs] == [1, groups, 1, groups, groups]  # conv2, conv4, conv5 split across the GPUs
@@ -140,3 +146,37 @@ def test_alexnet_paper(groups):
 def test_alexnet_paper_rejects_bad_groups():
     with pytest.raises(ValueError, match="groups=2"):
         moderncnn.create_model("alexnet_paper", groups=3)
+
+
+def test_alexnet_paper_lrn_is_the_papers_formula_within_each_gpu():
+    # b = a / (k + alpha * sum of a^2 over the 5 neighbouring maps of the same GPU) ** beta, alpha = 1e-4
+    lrn = moderncnn.create_model("alexnet_paper").features[2]
+    a = torch.rand(1, 96, 3, 3, dtype=torch.float64) * 30
+    half = a.view(1, 2, 48, 3, 3)
+    sq = torch.nn.functional.pad(half.square(), (0, 0, 0, 0, 2, 2))
+    window = sum(sq[:, :, j:j + 48] for j in range(5)).reshape(1, 96, 3, 3)
+    torch.testing.assert_close(lrn(a), a / (2.0 + 1e-4 * window) ** 0.75)
+    torch.testing.assert_close(moderncnn.create_model("alexnet_paper_1gpu").features[2](a),
+                               nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(a))  # PyTorch's alpha / size
+
+
+# ---- NiN, the paper's ImageNet network ------------------------------------------------------------------------------
+def test_nin_paper_is_the_released_imagenet_model():
+    model = moderncnn.create_model("nin_paper").eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.padding[0]) for c in convs] == [
+        (3, 96, 11, 4, 0), (96, 96, 1, 1, 0), (96, 96, 1, 1, 0),
+        (96, 256, 5, 1, 2), (256, 256, 1, 1, 0), (256, 256, 1, 1, 0),
+        (256, 384, 3, 1, 1), (384, 384, 1, 1, 0), (384, 384, 1, 1, 0),
+        (384, 1024, 3, 1, 1), (1024, 1024, 1, 1, 0), (1024, 1000, 1, 1, 0)]
+    assert all(m.ceil_mode for m in model if isinstance(m, nn.MaxPool2d))
+    assert [m.p for m in model if isinstance(m, nn.Dropout)] == [0.5]
+    totals = moderncnn.summary(model, (3, 224, 224)).totals
+    assert (totals.params, totals.macs) == (7_595_176, 1_100_188_800)
+    assert moderncnn.shape_walk(model, (3, 224, 224))[5].endswith("torch.Size([1, 384, 6, 6])")  # Caffe's 6x6
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, 384, 1, 1)
+        model.reset_classifier(7)
+        assert model(x).shape == (2, 7)
+    assert [m.out_channels for m in model.get_classifier() if isinstance(m, nn.Conv2d)] == [1024, 1024, 7]

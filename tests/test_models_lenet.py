@@ -139,6 +139,14 @@ def test_lenet5_parameter_counts_per_layer():
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 60_000
 
 
+def test_lenet5_multiply_adds_count_the_real_connections():
+    # C1 6x25x28x28 + C3 60x25x10x10 (Table I's kernels, not 16x6) + C5 120x16x25 + F6 120x84
+    assert moderncnn.summary(moderncnn.create_model("lenet5"), (1, 32, 32)).totals.macs == 325_680
+    c3 = moderncnn.create_model("lenet5").double().c3[0]
+    x = torch.randn(2, 6, 14, 14, dtype=torch.float64)
+    torch.testing.assert_close(c3(x), torch.nn.functional.conv2d(x, c3.dense_weight(), c3.bias))
+
+
 def test_c3_follows_table_one():
     assert sum(row.count("X") for row in TABLE_I) == 60
     assert [tuple(r for r in range(6) if TABLE_I[r][k] == "X") for k in range(16)] == list(C3_TABLE)

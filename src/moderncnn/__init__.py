@@ -12,6 +12,7 @@ from . import models as _models  # noqa: F401  (fills the registry)
 from .checkpoint import load_checkpoint
 from .compare import compare
 from .evaluate import evaluate, predict
+from .export import export, read_metadata
 from .inspect import shape_walk, summary
 from .recipes import Recipe, get_recipe
 from .registry import create_model, get_model_builder, list_models, register_model
@@ -23,5 +24,5 @@ __all__ = [
     "create_model", "list_models", "register_model", "get_model_builder",
     "summary", "shape_walk",
     "fit", "TrainResult", "Recipe", "get_recipe",
-    "evaluate", "predict", "load_checkpoint", "compare",
+    "evaluate", "predict", "load_checkpoint", "compare", "export", "read_metadata",
 ]

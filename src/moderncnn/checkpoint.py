@@ -113,7 +113,7 @@ def weights_epoch(path: str | Path) -> int | None:
 def _read_safetensors(path: Path, what_to_do: str) -> dict[str, torch.Tensor]:
     try:
         return st_load(path.read_bytes())
-    except SafetensorError as e:
+    except (SafetensorError, OSError) as e:
         raise ValueError(f"{path} is not a readable safetensors file ({e}); {what_to_do}") from None
 
 

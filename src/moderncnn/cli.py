@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .cliargs import MAX_BATCH, MAX_IMAGE_SIDE, check_fits, check_model_args, whole_number
 from .distributed import world_from_env
 from .train.speed import COMPILE_MODES, SPEED_OPTIONS
 
@@ -28,6 +29,9 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
         dims = ()
     if len(dims) != 3 or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"--input must be CxHxW, e.g. 1x224x224 (got {text!r})")
+    if dims[0] > 64 or max(dims[1:]) > MAX_IMAGE_SIDE:
+        raise argparse.ArgumentTypeError(f"--input must have at most 64 channels and sides of at most "
+                                         f"{MAX_IMAGE_SIDE} pixels (got {text!r})")
     return dims  # type: ignore[return-value]
 
 
@@ -64,18 +68,22 @@ def cmd_list(args: argparse.Namespace) -> None:
 def cmd_summary(args: argparse.Namespace) -> None:
     from . import create_model, shape_walk, summary
 
-    kw = {}
+    kw = dict(args.model_arg or [])
     if args.num_classes is not None:
         kw["num_classes"] = args.num_classes
     if args.input is not None:
         kw["in_channels"] = args.input[0]
-    model = create_model(args.model, **kw)
-    size = args.input or model.default_input_size
-    if args.walk:
-        for line in shape_walk(model, size):
-            print(line)
-    else:
-        print(summary(model, size, depth=args.depth))
+    try:  # on the meta device: shapes and counts without memory, so any --input is answered at once
+        with torch.device("meta"):
+            model = create_model(args.model, **kw)
+        size = args.input or model.default_input_size
+        lines = shape_walk(model, size) if args.walk else [summary(model, size, depth=args.depth, device="meta")]
+    except (RuntimeError, NotImplementedError):  # a model whose code needs real tensors
+        model = create_model(args.model, **kw)
+        size = args.input or model.default_input_size
+        lines = shape_walk(model, size) if args.walk else [summary(model, size, depth=args.depth)]
+    for line in lines:
+        print(line)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -87,20 +95,47 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "resize", "subset", "test_subset",
                                                "dataset") if getattr(args, k) is not None}
     model_kwargs = dict(args.model_arg or [])
+    check_model_args(model_kwargs)
     if args.ratio is not None:
         model_kwargs["ratio"] = args.ratio
     if model_kwargs:
         overrides["model_kwargs"] = model_kwargs
+    if args.resize is not None or args.batch_size is not None:
+        _check_training_fits(args, model_kwargs)
     speed = dict(args.speed or [])
     if args.malloc and keeps_freed_memory(select_device(args.device))[0]:
         keep_freed_memory()  # process-wide and for good: only here, where the command owns the process
     out = args.out or Path("runs") / f"{args.model}-{args.recipe}"
-    fit(args.model, args.recipe, out, args.device, seed=args.seed, data_dir=args.data_dir,
-        download=not args.no_download, amp=False if args.no_amp else None, channels_last=args.channels_last,
-        cuda_graph=args.cuda_graph, speed=speed, compile=args.compile_mode or args.compile, resume=args.resume,
-        overwrite=args.overwrite, quiet=args.quiet, command=args.command_line, init_from=args.init_from, **overrides)
+    board = None
+    if args.tensorboard and _main_process():
+        from .show.board import TensorBoard
+
+        try:  # before training: a missing extra costs no run
+            board = TensorBoard(Path(out) / "tensorboard", fresh=args.overwrite)
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+    result = fit(args.model, args.recipe, out, args.device, seed=args.seed, data_dir=args.data_dir,
+                 download=not args.no_download, amp=False if args.no_amp else None, channels_last=args.channels_last,
+                 cuda_graph=args.cuda_graph, speed=speed, compile=args.compile_mode or args.compile,
+                 resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, command=args.command_line,
+                 init_from=args.init_from, on_epoch_end=board, **overrides)
+    if board is not None:
+        board.add_pictures(result.model, _eval_data(result.metadata, args), result.history, args.model)
+        board.close()
+        print(f"tensorboard: tensorboard --logdir {board.log_dir}", file=sys.stderr)
     if not args.quiet and _main_process():
         print(f"run directory: {out}", file=sys.stderr)
+
+
+def _check_training_fits(args: argparse.Namespace, model_kwargs: dict) -> None:
+    """A --resize or --batch-size whose activations cannot fit the device: refused before any data is read."""
+    from .evaluate import select_device
+    from .recipes import get_recipe
+
+    recipe = get_recipe(args.model, args.recipe)
+    size = args.resize or recipe.resize
+    if size is not None:  # the native size of a built-in data set is small: nothing to check
+        check_fits(args.model, model_kwargs, size, args.batch_size or recipe.batch_size, select_device(args.device))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -128,7 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(meta["run_dir"])
     try:
         out.mkdir(parents=True, exist_ok=True)
-        png = plot_confusion(result, out / "confusion.png",
+        png = plot_confusion(result, out / "confusion.png", normalize=args.normalize,
                              title=f"{meta['model']} on {test.name} test: accuracy {result['accuracy']:.3f}")
     except OSError as e:
         raise CLIError(f"cannot write confusion.png in {out} ({e.strerror or e}); pass --out DIR to write it "
@@ -165,7 +200,8 @@ def _eval_data(meta: dict, args: argparse.Namespace):
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare, format_comparison, plot_runs
 
-    rows = compare(args.items, input_size=args.input, num_classes=args.num_classes, sort=args.sort)
+    rows = compare(args.items, input_size=args.input, num_classes=args.num_classes, sort=args.sort,
+                   model_kwargs=dict(args.model_arg or []) or None)
     if args.plot and not any("run" in r for r in rows):
         raise CLIError("--plot draws trained runs' curves: give run directories (written by 'moderncnn train')")
     print(format_comparison(rows, markdown=args.markdown))
@@ -185,6 +221,128 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
 
 
+def cmd_show(args: argparse.Namespace) -> None:
+    from . import show
+    from .checkpoint import load_checkpoint, save_figure
+    from .evaluate import select_device
+
+    model, meta = load_checkpoint(args.checkpoint, select_device(args.device))
+    stem = Path(getattr(args, "image", "") or "").stem
+    if args.picture == "filters":
+        fig, name = show.plot_filters(model, args.layer), f"filters-{args.layer or 'first'}.png"
+    elif args.picture == "activations":
+        fig, name = show.plot_activations(model, args.image), f"activations-{stem}.png"
+    elif args.picture == "saliency":
+        fig = show.plot_saliency(model, args.image, args.method, args.target, args.layer)
+        name = f"saliency-{args.method}-{stem}.png"
+    else:
+        if args.n < 1:
+            raise CLIError(f"--n must be at least 1, got {args.n}")
+        test = _eval_data(meta, args)
+        if args.dataset is None and list(test.classes) != list(model.preprocessing.classes):
+            raise CLIError("the test set's classes differ from the run's; pass the --dataset it was trained on")
+        fig, name = show.plot_mistakes(model, test, args.n, subset=args.subset), "mistakes.png"
+    out = Path(args.out) if args.out else Path(meta["run_dir"]) / name
+    try:
+        print(save_figure(fig, out))
+    except OSError as e:
+        raise CLIError(f"cannot write {out} ({e.strerror or e}); pass --out PNG to write it elsewhere") from None
+
+
+def _add_show(sub) -> None:
+    p = sub.add_parser(
+        "show",
+        help="pictures of what a trained run learned: filters, activations, saliency, mistakes",
+        description="Draw what a trained run learned as a PNG (in the run directory unless --out) and print "
+                    "its path. In Python: moderncnn.show.plot_filters(model) etc. return the figures.",
+    )
+    pictures = p.add_subparsers(dest="picture", metavar="PICTURE", required=True)
+    q = pictures.add_parser("filters", help="a convolution's kernels as a grid of tiles",
+                            description="A convolution's kernels as tiles (default: the first convolution).")
+    q.add_argument("checkpoint", metavar="RUN")
+    q.add_argument("--layer", metavar="NAME", help="the convolution to draw (an unknown name lists them)")
+    views = [q]
+    q = pictures.add_parser("activations", help="the feature maps of each stage for one image",
+                            description="The image as the model sees it, then each stage's most active maps.")
+    q.add_argument("checkpoint", metavar="RUN")
+    q.add_argument("image", metavar="IMAGE")
+    views.append(q)
+    q = pictures.add_parser("saliency", help="where the model looks: Grad-CAM or input gradients",
+                            description="Grad-CAM over the last convolutional stage (or input gradients), over "
+                                        "the image, for the predicted class or --class.")
+    q.add_argument("checkpoint", metavar="RUN")
+    q.add_argument("image", metavar="IMAGE")
+    q.add_argument("--method", choices=("gradcam", "hirescam", "gradients"), default="gradcam",
+                   help="gradcam (default); hirescam: Grad-CAM element by element, for heads that flatten the "
+                        "maps (LeNet, AlexNet, VGG), where Grad-CAM can be empty; gradients: |d score/d pixel|")
+    q.add_argument("--class", dest="target", metavar="NAME", help="explain this class (default: the predicted)")
+    q.add_argument("--layer", metavar="NAME", help="Grad-CAM over this module (default: the last stage)")
+    views.append(q)
+    q = pictures.add_parser("mistakes", help="the test images it gets most confidently wrong",
+                            description="The test images the run gets most confidently wrong, with true and "
+                                        "predicted labels and the probability.")
+    q.add_argument("checkpoint", metavar="RUN")
+    q.add_argument("--n", type=int, default=36, help="how many images (default 36)")
+    q.add_argument("--subset", type=int, metavar="N", help="look at N test images only (class-balanced)")
+    q.add_argument("--dataset", help="the test set of this data set instead of the run's")
+    _add_data_location(q)
+    views.append(q)
+    for q in views:
+        q.add_argument("--out", metavar="PNG", help="where to write the picture (default: in the run directory)")
+        _add_device(q)
+        q.set_defaults(func=cmd_show, verb_parser=q)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import MissingExtraError, export
+
+    try:
+        result = export(args.source, args.format, args.out, batch=args.batch, opset=args.opset,
+                        input_size=args.input, model_kwargs=dict(args.model_arg or []) or None,
+                        tolerance=args.tolerance, exporter=args.exporter)
+    except MissingExtraError as e:
+        raise CLIError(str(e)) from None
+    print(result)
+
+
+def parse_batch(text: str) -> str | int:
+    """``"dynamic"`` or a positive batch size."""
+    if text == "dynamic":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--batch must be 'dynamic' or a positive integer (got {text!r})")
+    return int(text)
+
+
+def _add_export(sub) -> None:
+    from .export import DEFAULT_TOLERANCE, FORMATS
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained run or a model to ONNX or .pt2, checked against PyTorch before it is written",
+        description="Export a run directory (or a model by name, untrained) to ONNX (torch.onnx.export: the "
+                    "dynamo exporter, else the TorchScript one) or .pt2 (torch.export). The exported program is "
+                    "run on real images at two batch sizes (ONNX in onnxruntime, .pt2 reloaded) and compared "
+                    "with PyTorch; beyond the tolerance nothing is written. The file carries the input size, "
+                    "normalisation, class names, model and recipe. ONNX needs: pip install \"moderncnn[export]\".",
+    )
+    p.add_argument("source", metavar="RUN_DIR_OR_MODEL")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or pt2")
+    p.add_argument("--out", metavar="FILE", help="default: RUN_DIR/model.FORMAT, or MODEL.FORMAT here")
+    p.add_argument("--batch", type=parse_batch, default="dynamic", metavar="dynamic|N",
+                   help="a dynamic batch (default; checked at 1 and 3) or a fixed batch of N")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--input", type=parse_input_size, default=None, metavar="CxHxW",
+                   help="input size (default: the run's, or the model's own)")
+    p.add_argument("--model-arg", type=parse_model_arg, action="append", metavar="NAME=VALUE",
+                   help="for a model by name: a keyword for its builder, e.g. groups=1 (repeatable)")
+    p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
+                   help="ONNX exporter (default auto: dynamo, then TorchScript if dynamo fails or is inexact)")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help=f"largest difference allowed, times max(1, max |output|) (default {DEFAULT_TOLERANCE:g})")
+    p.set_defaults(func=cmd_export)
+
+
 def _add_device(p) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
 
@@ -199,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="moderncnn",
         description="The classic CNNs of d2l chapter 7 (and LeNet-5): inspect, train, evaluate, predict, compare.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"moderncnn {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("list", help="list the registered models", description="List registered models.")
@@ -217,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=None, help="deepest module level to list (default: leaves)")
     p.add_argument("--walk", action="store_true",
                    help="print the book's walk instead: one line per top-level block with its output shape")
+    p.add_argument("--model-arg", type=parse_model_arg, action="append", metavar="NAME=VALUE",
+                   help="pass a keyword to the model builder, e.g. --model-arg groups=1 (repeatable)")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser(
@@ -234,8 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("recipe overrides (default: the recipe's value)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--lr", type=float)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--resize", type=int, help="resize images to RESIZE x RESIZE pixels")
+    g.add_argument("--batch-size", type=whole_number(1, MAX_BATCH))
+    g.add_argument("--resize", type=whole_number(1, MAX_IMAGE_SIDE, "a side in pixels"),
+                   help="resize images to RESIZE x RESIZE pixels")
     g.add_argument("--subset", type=int, metavar="N",
                    help="train on N training images only (a fixed, class-balanced sample)")
     g.add_argument("--test-subset", type=int, metavar="N",
@@ -280,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "memory for the next step, and the process its peak memory)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bar or per-epoch lines (the final result is still printed)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write the curves and, at the end, the run's pictures for TensorBoard into "
+                        "OUT/tensorboard (needs: pip install \"moderncnn[tensorboard]\")")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -290,11 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR")
     p.add_argument("--out", help="directory for confusion.png (default: the run directory)")
+    p.add_argument("--normalize", action="store_true",
+                   help="write each cell of confusion.png as its share of the true class (default: counts)")
     p.add_argument("--dataset", help="evaluate on this data set instead of the run's")
     _add_data_location(p)
     p.add_argument("--subset", type=int, metavar="N",
                    help="evaluate on N test images only (a fixed, class-balanced sample; default all)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the run's")
+    p.add_argument("--batch-size", type=whole_number(1, MAX_BATCH), default=None, help="default: the run's")
     p.add_argument("--no-amp", action="store_true",
                    help="evaluate in fp32 (default: as the run was tested, e.g. bf16 autocast)")
     _add_device(p)
@@ -328,11 +497,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="order the rows: cost ascending, accuracy and speed descending (default: as given)")
     p.add_argument("--plot", metavar="PNG", help="also draw the runs' test accuracy and train loss per epoch")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.add_argument("--model-arg", type=parse_model_arg, action="append", metavar="NAME=VALUE",
+                   help="for the models given by name: a keyword for their builders, e.g. groups=1 (repeatable)")
     p.set_defaults(func=cmd_compare)
+
+    _add_export(sub)
+
+    _add_show(sub)
 
     for verb_parser in sub.choices.values():
         verb_parser.set_defaults(verb_parser=verb_parser)
+        _add_debug(verb_parser)
     return parser
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on a verb and on every sub-verb beneath it (SUPPRESS: a sub-parser's default cannot
+    overwrite what its parent parsed)."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full Python traceback of an unexpected error")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_debug(child)
 
 
 def _reject_unknown(verb_parser: argparse.ArgumentParser, unknown: list[str]) -> None:
@@ -409,6 +596,13 @@ def _main(argv: list[str] | None) -> int:
 
         _report(f"moderncnn {args.command}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}")
         return 143 if isinstance(e, Terminated) else 130
+    except Exception as e:  # noqa: BLE001 - the last guard: a bug or an input no check foresaw, in one line
+        if getattr(args, "debug", False):
+            raise
+        what = (str(e).strip().splitlines() or [""])[0][:300]
+        _report(f"moderncnn {args.command}: error: unexpected {type(e).__name__}{': ' + what if what else ''}; "
+                f"rerun with --debug to see the traceback (and report it if the input was valid)")
+        return 1
     return 0
 
 

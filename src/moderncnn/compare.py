@@ -50,9 +50,12 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
+        history = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON lines ({e}); the run directory is damaged") from None
+    if not all(isinstance(h, dict) for h in history):
+        raise ValueError(f"{path} holds lines that are not JSON objects; the run directory is damaged")
+    return history
 
 
 def _run_row(run_dir: Path) -> dict[str, Any]:
@@ -87,7 +90,8 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
 
 
 def compare(items: Sequence[str | Path], input_size: Sequence[int] | None = None,
-            num_classes: int | None = None, sort: str | None = None) -> list[dict[str, Any]]:
+            num_classes: int | None = None, sort: str | None = None,
+            model_kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One dict per model name (wildcards expand) or run directory, in the order given; a folder that holds
     run directories stands for them (sorted by name).
 
@@ -95,8 +99,9 @@ def compare(items: Sequence[str | Path], input_size: Sequence[int] | None = None
     ``run``, ``status``, ``recipe``, ``epochs`` ("done/total"), ``data``, ``device``, ``loss``,
     ``train_acc``, ``test_acc``, ``examples_per_sec`` (the finished run's figures, else its last epoch's),
     ``wall_seconds`` (its epochs' training and testing time) and ``history`` (metrics.jsonl). Models by
-    name are built with their defaults, or ``num_classes`` and ``input_size`` (C, H, W) if given; runs with
-    the classes and the input they were trained on.
+    name are built with their defaults, or ``num_classes``, ``input_size`` (C, H, W) and ``model_kwargs``
+    (keywords for their builders, e.g. ``{"groups": 1}``; named in the row's ``model``) if given; runs with
+    the classes, the input and the keywords they were trained with.
     ``sort``: a key of :data:`SORT_KEYS`.
     """
     from .registry import get_model_builder, list_models
@@ -123,12 +128,16 @@ def compare(items: Sequence[str | Path], input_size: Sequence[int] | None = None
         else:
             get_model_builder(text)  # an unknown name: one line with the closest names
             names = [text]
-        kwargs = {}
+        kwargs = dict(model_kwargs or {})
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
         if input_size is not None:
             kwargs["in_channels"] = input_size[0]
-        rows += [_cost(name, kwargs, input_size) for name in names]
+        for name in names:
+            row = _cost(name, kwargs, input_size)
+            if model_kwargs:  # another network under the same name, as for a run's model_kwargs
+                row["model"] += " (" + ", ".join(f"{k}={v}" for k, v in model_kwargs.items()) + ")"
+            rows.append(row)
     if sort is not None:
         missing = [r for r in rows if r.get(sort) is None]
         ranked = sorted((r for r in rows if r.get(sort) is not None), key=lambda r: r[sort], reverse=SORT_KEYS[sort])

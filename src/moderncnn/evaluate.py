@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["select_device", "autocast", "Preprocessing", "evaluate", "format_per_class", "plot_confusion",
-           "load_images", "image_files", "predict"]
+           "confusion_figure", "load_images", "image_files", "predict"]
 
 Normalize = tuple[Sequence[float], Sequence[float]]
 
@@ -57,8 +57,10 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
             device = "cpu"
     try:
         device = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):  # meta, xla...: torch names them, but they cannot train here
+        raise ValueError(f"device {str(device)!r} cannot train or evaluate a model; use cpu, cuda, cuda:N or mps")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
@@ -145,54 +147,63 @@ def format_per_class(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
-    """Save the confusion matrix of :func:`evaluate` as a PNG (rows: true class, columns: predicted)."""
-    from .checkpoint import new_figure, save_figure
+def plot_confusion(result: dict[str, Any], path: str | Path, title: str = "", normalize: bool = False) -> Path:
+    """Save the confusion matrix of :func:`evaluate` as a PNG (see :func:`confusion_figure`)."""
+    from .checkpoint import save_figure
+
+    return save_figure(confusion_figure(result, title, normalize), path)
+
+
+def confusion_figure(result: dict[str, Any], title: str = "", normalize: bool = False):
+    """The confusion matrix of :func:`evaluate` as a matplotlib Figure (rows: true class, columns: predicted).
+
+    The colour is always the row's share (so a rare class is as visible as a common one), with a colour bar;
+    each cell's number is the count of images, or with ``normalize`` that share.
+    """
+    from .checkpoint import new_figure
 
     cm = result["confusion"].float()
     rows = cm / cm.sum(1, keepdim=True).clamp_min(1)
     names = result["classes"]
     k = len(names)
-    fig = new_figure((1.2 + 0.6 * k, 1.0 + 0.55 * k))
+    fig = new_figure((2.2 + 0.6 * k, 1.0 + 0.55 * k))
     ax = fig.add_subplot()
-    ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
+    image = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     if k <= 30:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, int(result["confusion"][i, j]), ha="center", va="center", fontsize=7,
+                count = int(result["confusion"][i, j])
+                value = (f"{rows[i, j]:.2f}".lstrip("0") if count else "") if normalize else count  # blank: none
+                ax.text(j, i, value, ha="center", va="center", fontsize=7,
                         color="white" if rows[i, j] > 0.5 else "black")
     ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"test accuracy {result['accuracy']:.3f}")
-    return save_figure(fig, path)
+    return fig
 
 
 def load_images(paths: Sequence[str | Path], channels: int, size: int) -> torch.Tensor:
     """Read image files as one uint8 batch (N, channels, size, size): grey or RGB, resized (antialiased).
 
-    Any format and colour mode Pillow reads is accepted; a missing file or one that is not an image is a
-    one-line error naming it.
+    Any format and colour mode Pillow reads is accepted, decoded as training decodes a folder of images
+    (:func:`moderncnn.data.images.decode_image`: a pixel limit, 16-bit and palette images scaled); a missing
+    file or one that is not an image is a one-line error naming it.
     """
-    from PIL import Image, UnidentifiedImageError
-
     from .data import resize_batch
+    from .data.images import decode_image
 
     if channels not in (1, 3):
         raise ValueError(f"images can be read for 1- or 3-channel models, not {channels}-channel ones")
     batch = []
     for p in map(Path, paths):
-        if not p.is_file():
+        if not p.exists():
             raise FileNotFoundError(f"no such image file: {p}")
-        try:
-            with Image.open(p) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-                t = t.view(im.height, im.width, channels).permute(2, 0, 1)
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{p} is not an image Pillow can read ({type(e).__name__}); "
-                             f"give a PNG/JPEG/... file") from None
+        im = decode_image(p, grey=channels == 1)
+        t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+        t = t.view(im.height, im.width, channels).permute(2, 0, 1)
         batch.append(resize_batch(t[None].float(), size).round().clamp(0, 255).to(torch.uint8))
     return torch.cat(batch)
 
@@ -200,8 +211,12 @@ def load_images(paths: Sequence[str | Path], channels: int, size: int) -> torch.
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
     """The paths given, with each folder replaced by the image files under it (recursively, sorted).
 
-    Image files are those torchvision's ImageFolder takes (by extension); hidden files and folders are skipped.
+    Image files are those torchvision's ImageFolder takes (by extension), found as training finds a folder's
+    (:func:`moderncnn.data.images.list_image_files`: hidden files and folders skipped, regular files only, a
+    symlinked folder walked once).
     """
+    from .data.images import list_image_files
+
     files: list[Path] = []
     for p in map(Path, paths):
         if not p.is_dir():
@@ -209,8 +224,7 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
             continue
         from torchvision.datasets.folder import IMG_EXTENSIONS  # imported only here: it costs ~2 s
 
-        found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS and f.is_file()
-                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        found = sorted(list_image_files(p, IMG_EXTENSIONS))
         if not found:
             raise FileNotFoundError(f"no image files ({', '.join(IMG_EXTENSIONS)}) in the folder {p}")
         files += found

@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from .runschema import MAX_CLASSES
+
 __all__ = ["register_model", "create_model", "list_models", "get_model_builder", "check_size_arg"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -42,6 +44,9 @@ def get_model_builder(name: str) -> Callable[..., nn.Module]:
         raise ValueError(f"unknown model {name!r}{hint} ('moderncnn list' shows all {len(_MODELS)} models)") from None
 
 
+_MOST = {"num_classes": MAX_CLASSES, "in_channels": 64}
+
+
 def check_size_arg(name: str, value: object) -> None:
     """A one-line ValueError unless ``value`` is a positive int (``num_classes``, ``in_channels``).
 
@@ -51,6 +56,9 @@ def check_size_arg(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         hint = "; for features use forward_head(x, pre_logits=True)" if name == "num_classes" and value == 0 else ""
         raise ValueError(f"{name} must be a positive integer, got {value!r}{hint}")
+    most = _MOST[name]
+    if value > most:  # a classifier of 10**11 outputs is an allocation no machine serves, not a model
+        raise ValueError(f"{name} must be at most {most:,}, got {value:,}")
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

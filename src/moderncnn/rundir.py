@@ -43,6 +43,7 @@ import torch
 
 from .checkpoint import (atomic_write, fsync_dir, load_state, save_state, save_weights, state_dict_tensors,
                          weights_epoch)
+from .runschema import check_run_meta, check_state
 
 __all__ = ["RunDir", "Checkpoint", "RunBusy", "deferred_signals", "json_safe"]
 
@@ -170,10 +171,7 @@ class RunDir:
                                     f"'moderncnn train'") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{self.run_json} is not valid JSON ({e}); the run directory is damaged") from None
-        if not isinstance(meta, dict):
-            raise ValueError(f"{self.run_json} holds {type(meta).__name__}, not a JSON object; the run directory "
-                             f"is damaged")
-        return meta
+        return check_run_meta(meta, self.run_json)
 
     def checkpoint(self) -> Checkpoint | None:
         """The committed epoch the pointer names, or None when no epoch has finished."""
@@ -291,12 +289,7 @@ class RunDir:
         ckpt = self.checkpoint()
         if ckpt is None:
             raise ValueError(f"{self.dir} has no finished epoch to resume from")
-        state = load_state(ckpt.state)
-        if not isinstance(state, dict) or not isinstance(state.get("history"), list) \
-                or state.get("epoch") != ckpt.epoch:
-            raise ValueError(f"{ckpt.state} does not hold the state of epoch {ckpt.epoch}; restore it, or start "
-                             f"the run again with --overwrite")
-        return ckpt, state
+        return ckpt, check_state(load_state(ckpt.state), ckpt.state, ckpt.epoch)
 
     def repair(self) -> None:
         """Undo what a kill can leave (call it holding the lock): temporary files, a pair the pointer does not

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import shutil
 import socket
 import sys
@@ -25,6 +24,7 @@ import torch
 from .base import DataError, ImageDataset
 from .folder import load_image_folder
 from .idx import parse_idx, read_idx
+from .safepickle import load_data_pickle
 
 __all__ = ["DATASETS", "ENV_VAR", "default_data_dir", "load_dataset", "load_splits", "load_sample"]
 
@@ -277,15 +277,11 @@ def _find_cifar(base: Path, split: str) -> Path | None:
 
 
 def _unpickle(path: Path) -> dict:
-    # CIFAR's python batches are pickles (as torchvision reads them): only read copies you trust
-    try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise DataError(f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}); "
-                        f"replace it with the file from cifar-10-python.tar.gz") from None
+    # CIFAR's python batches are pickles: read as data only (safepickle), so no file can run code
+    fix = "replace it with the file from cifar-10-python.tar.gz"
+    entry = load_data_pickle(path, fix)
     if not isinstance(entry, dict):
-        raise DataError(f"{path}: not a CIFAR-10 python batch; replace it with the file from cifar-10-python.tar.gz")
+        raise DataError(f"{path}: not a CIFAR-10 python batch; {fix}")
     return entry
 
 

@@ -1,29 +1,33 @@
 """A folder of the user's own images, one sub-folder per class, decoded once into one uint8 tensor.
 
-torchvision's ImageFolder helpers find the classes and files. If the folder has ``train/`` and ``test/`` (or
-``val/``) sub-folders they are the splits; otherwise a fixed-seed 90/10 split of the files is used. Every
-image is decoded once with PIL, converted to RGB (or L when every image in the folder is grayscale) and
-resized to a square ``image_size`` so the split stacks into one tensor. A file with an image extension that
-PIL cannot read is a DataError naming it (a damaged file is something to fix, not to train around); files
-with other extensions (notes, .DS_Store) are ignored, as ImageFolder does.
+Classes and files are found as torchvision's ImageFolder finds them (its extensions, its order), by
+:mod:`moderncnn.data.images`, which also skips hidden files and folders, reads regular files only and walks
+a symlinked folder once. If the folder has ``train/`` and ``test/`` (or ``val/``) sub-folders they are the
+splits (an image reachable from both is an error: test images must not leak into training); otherwise a
+fixed-seed 90/10 split of the files is used. Every image is decoded once, as ``predict`` decodes it
+(:func:`~moderncnn.data.images.decode_image`: a pixel limit, 16-bit and palette images scaled), converted to
+RGB (or L when every image in the folder is grayscale) and resized to a square ``image_size`` so the split
+stacks into one tensor. A file with an image extension that cannot be read is a DataError naming it (a
+damaged file is something to fix, not to train around); files with other extensions are ignored.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .base import DataError, ImageDataset
+from .images import GREY_MODES, class_folders, decode_image, image_mode, list_image_files
 
 __all__ = ["load_image_folder", "DEFAULT_IMAGE_SIZE", "SPLIT_SEED", "TEST_FRACTION"]
 
 DEFAULT_IMAGE_SIZE = 64
 SPLIT_SEED = 0
 TEST_FRACTION = 0.1
-_GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F"}
 
 
 def load_image_folder(path: str | Path, split: str = "train", *, image_size: int | None = None) -> ImageDataset:
@@ -40,8 +44,10 @@ def load_image_folder(path: str | Path, split: str = "train", *, image_size: int
         if extra:
             raise DataError(f"{test_dir}: classes {sorted(extra)} have no training folder in {train_dir}; "
                             f"add them there or remove them")
-        all_files = _files(train_dir, class_to_idx) + _files(test_dir, class_to_idx)
-        files = _files(train_dir if split == "train" else test_dir, class_to_idx)
+        train_files, test_files = _files(train_dir, class_to_idx), _files(test_dir, class_to_idx)
+        _check_disjoint(train_files, test_files, test_dir)
+        all_files = train_files + test_files
+        files = train_files if split == "train" else test_files
         source = str(train_dir if split == "train" else test_dir)
     else:
         base = train_dir if train_dir.is_dir() else root
@@ -51,21 +57,18 @@ def load_image_folder(path: str | Path, split: str = "train", *, image_size: int
         source = f"{base} ({split} part of a {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} split, seed {SPLIT_SEED})"
     if not files:
         raise DataError(f"{root}: no {split} images; add images or use train/ and test/ sub-folders")
-    mode = "L" if all(_mode(p) in _GRAYSCALE_MODES for p, _ in all_files) else "RGB"
-    images = torch.from_numpy(np.stack([_decode(p, mode, size) for p, _ in files]))
-    images = images.unsqueeze(1) if mode == "L" else images.permute(0, 3, 1, 2)
+    grey = all(image_mode(p) in GREY_MODES for p, _ in all_files)
+    images = torch.from_numpy(np.stack([_decode(p, grey, size) for p, _ in files]))
+    images = images.unsqueeze(1) if grey else images.permute(0, 3, 1, 2)
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     return ImageDataset(images.contiguous(), labels, classes, f"folder:{root}", split, source, root=str(root))
 
 
 def _classes(folder: Path) -> tuple[list[str], dict[str, int]]:
-    try:
-        from torchvision.datasets.folder import find_classes  # torchvision costs ~2 s to import: when needed
-
-        return find_classes(folder)
-    except (FileNotFoundError, OSError) as e:
-        raise DataError(f"{folder}: no class sub-folders ({e}); "
-                        f"put each class's images in its own sub-folder") from None
+    classes = class_folders(folder)
+    if not classes:
+        raise DataError(f"{folder}: no class sub-folders; put each class's images in its own sub-folder")
+    return classes, {c: i for i, c in enumerate(classes)}
 
 
 def _training_classes(folder: Path) -> tuple[list[str], dict[str, int]]:
@@ -78,9 +81,23 @@ def _training_classes(folder: Path) -> tuple[list[str], dict[str, int]]:
 
 
 def _files(folder: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS  # torchvision costs ~2 s to import: when needed
 
-    return make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    # every class folder is walked from its own place, once: a link to it from another class is not followed
+    seen = {os.path.realpath(folder / name) for name in class_to_idx}
+    files: dict[str, tuple[str, int]] = {}
+    for name, label in sorted(class_to_idx.items()):
+        for path in list_image_files(folder / name, IMG_EXTENSIONS, seen) if (folder / name).is_dir() else ():
+            files.setdefault(os.path.realpath(path), (str(path), label))  # a file linked twice counts once
+    return list(files.values())
+
+
+def _check_disjoint(train: list[tuple[str, int]], test: list[tuple[str, int]], test_dir: Path) -> None:
+    shared = {os.path.realpath(p) for p, _ in train} & {os.path.realpath(p) for p, _ in test}
+    if shared:
+        raise DataError(f"{test_dir}: {len(shared)} test images are also reachable from the training folder "
+                        f"(first {sorted(shared)[0]}), through a link or a copy of the path; remove the link so "
+                        f"that test images stay out of training")
 
 
 def _split(files: list[tuple[str, int]], split: str) -> list[tuple[str, int]]:
@@ -90,20 +107,8 @@ def _split(files: list[tuple[str, int]], split: str) -> list[tuple[str, int]]:
     return [files[i] for i in chosen]
 
 
-def _mode(path: str) -> str:
-    try:
-        with Image.open(path) as img:
-            return img.mode
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: not an image PIL can read ({type(e).__name__}); delete or replace it") from None
-
-
-def _decode(path: str, mode: str, size: int) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            img = img.convert(mode)
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: damaged image ({e}); delete or replace it") from None
+def _decode(path: str, grey: bool, size: int) -> np.ndarray:
+    img = decode_image(path, grey)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)

@@ -27,6 +27,8 @@ __all__ = ["Loop", "Diverged", "prepare_loop", "train_epoch", "rng_state", "set_
 
 #: Steps between two reads of the loss on a GPU (one host sync each).
 CHECK_EVERY = 25
+#: Points per epoch on the curves, as the book's animator draws them (two host syncs each).
+POINTS_PER_EPOCH = 5
 
 
 class Diverged(ValueError):
@@ -107,6 +109,9 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
     check_every = 1 if device.type == "cpu" and not world.distributed else CHECK_EVERY
     bar = tqdm(loop.train_loader, total=len(loop.train_loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                leave=False, disable=quiet or not sys.stderr.isatty())
+    steps = len(loop.train_loader)
+    marks = {steps * k // POINTS_PER_EPOCH for k in range(1, POINTS_PER_EPOCH + 1)}
+    points = []  # the running train loss and accuracy within the epoch (this process's, under torchrun)
     t0 = time.perf_counter()
     for i, (x, y) in enumerate(bar, 1):
         batch_loss, batch_correct = loop.step(x, y)
@@ -115,6 +120,8 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
         seen += y.shape[0]
         if i % check_every == 0:
             _check_finite(world, loss_sum, epoch + 1, i)
+        if i in marks:
+            points.append([epoch + i / steps, loss_sum.item() / seen, correct.item() / seen])
     if world.distributed:
         loss_sum, correct, total = all_sum(world, loss_sum, correct, torch.tensor(seen, device=device))
         seen = int(total)
@@ -125,7 +132,7 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
     test_acc = test_accuracy(loop, world, device)
     record = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
               "test_acc": test_acc, "examples_per_sec": seen / train_seconds, "train_seconds": train_seconds,
-              "examples": seen, "warmup": warmup, "wall_seconds": time.perf_counter() - t0}
+              "examples": seen, "warmup": warmup, "wall_seconds": time.perf_counter() - t0, "points": points}
     if loop.scheduler is not None:
         record["lr"] = loop.scheduler.get_last_lr()[0]
     return record

@@ -66,7 +66,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
         speed: dict[str, Any] | None = None, compile: bool | str = False, resume: bool = False,
         overwrite: bool = False, quiet: bool = False, command: str | None = None,
         init_from: str | Path | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-        **overrides: Any) -> TrainResult:
+        plot: bool = False, **overrides: Any) -> TrainResult:
     """Train ``model`` (a registered name or a built model) with a recipe, like the book's ``train_ch6``.
 
     ``recipe``: ``"book"``, ``"modern"`` or a :class:`~moderncnn.recipes.Recipe`; ``overrides`` replace any
@@ -85,7 +85,8 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     ``.safetensors`` or a ``.pth`` state dict, e.g. torchvision's) after the recipe's init: fine-tuning (see
     :func:`~moderncnn.checkpoint.load_pretrained`); ignored when resuming. ``quiet`` silences the progress
     bar and the per-epoch lines on stderr; the book's closing lines are always printed.
-    ``on_epoch_end(epoch_dict)`` is called after each epoch's checkpoint.
+    ``on_epoch_end(epoch_dict)`` is called after each epoch's checkpoint. ``plot=True``: in a notebook, the
+    book's animator redrawn in place once an epoch (:mod:`moderncnn.show.live`); elsewhere nothing.
 
     A loss that becomes NaN or infinite stops the run at once (:class:`~moderncnn.train.loop.Diverged`, a
     ValueError); the last finished epoch's checkpoint is kept and run.json says ``"diverged"``.
@@ -94,6 +95,10 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     across them; rank 0 writes and prints): see :mod:`moderncnn.distributed`.
     """
     speed = {"amp": amp, "channels_last": channels_last, "cuda_graph": cuda_graph, **(speed or {})}
+    if plot:
+        from ..show.live import live_curves
+
+        on_epoch_end = live_curves(on_epoch_end, title=model if isinstance(model, str) else "")
     options = TrainOptions(model=model, recipe=recipe, out_dir=out_dir, device=device, seed=seed,
                            data_dir=data_dir, train_data=train_data, test_data=test_data, download=download,
                            speed={k: v for k, v in speed.items() if v is not None}, compile=compile, resume=resume,
@@ -347,7 +352,7 @@ def _result(world: World, device: torch.device, recipe: Recipe, loop: Loop, run:
         paths = {"run_json": run.run_json, "weights": run.weights, "metrics": run.metrics, "curves": run.curves}
     if history and world.main:
         print(report.format_final(final, recipe))
-        for note in report.closing_notes(train.is_sample, len(train), meta.get("init_from"), recipe):
+        for note in report.closing_notes(train.is_sample, len(train), meta.get("init_from"), recipe, history):
             print(note)
     return TrainResult(model=loop.model, recipe=recipe, history=history, final=final, device=device,
                        run_dir=run.dir if run else None, paths=paths, metadata=meta)
