@@ -362,10 +362,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"moderncnn {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    _add_list(sub)
+    _add_summary(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_predict(sub)
+    _add_compare(sub)
+    _add_export(sub)
+    _add_show(sub)
+
+    for verb_parser in sub.choices.values():
+        verb_parser.set_defaults(verb_parser=verb_parser)
+        _add_debug(verb_parser)
+    return parser
+
+
+def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list the registered models", description="List registered models.")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'resnet*'")
     p.set_defaults(func=cmd_list)
 
+
+def _add_summary(sub) -> None:
     p = sub.add_parser(
         "summary",
         help="layer-by-layer table: output shapes, parameters, multiply-adds",
@@ -382,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pass a keyword to the model builder, e.g. --model-arg groups=1 (repeatable)")
     p.set_defaults(func=cmd_summary)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model with the book's recipe (or a modern one); checkpoints every epoch",
@@ -449,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUT/tensorboard (needs: pip install \"moderncnn[tensorboard]\")")
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="test accuracy, per-class accuracy and a confusion matrix of a trained run",
@@ -469,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict",
         help="top-k classes of image files",
@@ -482,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser(
         "compare",
         help="architectures side by side: parameters and MACs, and for trained runs their results",
@@ -500,15 +526,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-arg", type=parse_model_arg, action="append", metavar="NAME=VALUE",
                    help="for the models given by name: a keyword for their builders, e.g. groups=1 (repeatable)")
     p.set_defaults(func=cmd_compare)
-
-    _add_export(sub)
-
-    _add_show(sub)
-
-    for verb_parser in sub.choices.values():
-        verb_parser.set_defaults(verb_parser=verb_parser)
-        _add_debug(verb_parser)
-    return parser
 
 
 def _add_debug(parser: argparse.ArgumentParser) -> None:
