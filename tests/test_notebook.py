@@ -27,8 +27,8 @@ def test_the_tour_runs_top_to_bottom_and_draws_every_picture(tmp_path):
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     pictures = [c for c in nb.cells if c.cell_type == "code" and any(
         "image/png" in o.get("data", {}) for o in c.outputs)]
-    calls = ("plot=True", "confusion_figure", "plot_filters", "plot_activations", "hirescam", "gradients",
-             "plot_mistakes")
+    calls = ("plot=True", "confusion_figure", "plot_filters(model)", "initial_model", "plot_activations", "hirescam",
+             "gradients", "plot_mistakes")
     for call in calls:
         assert any(call in c.source for c in pictures), f"the cell with {call} drew no picture"
     live = next(c for c in nb.cells if c.cell_type == "code" and "plot=True" in c.source)

@@ -82,6 +82,22 @@ def test_filters_of_an_rgb_first_layer_are_colour_tiles():
     assert image.get_array().ndim == 3 and image.get_array().shape[-1] == 3
 
 
+def test_filters_since_the_start_draw_what_training_changed():
+    start, trained = model("lenet"), model("lenet")
+    with torch.no_grad():
+        trained[3].weight.copy_(start[3].weight)
+        trained[3].weight[0, 0] += torch.arange(-12.0, 13).reshape(5, 5)  # one kernel learned a ramp
+    fig = plot_filters(trained, layer="3", start=start)
+    (image,) = images_of(fig)
+    tiles = image.get_array()
+    assert "what training changed" in fig.axes[0].get_title()
+    assert tiles[0, 0] == 0 and tiles[4, 4] == 1 and tiles[0, 6] == pytest.approx(0.5)  # unchanged: mid-grey
+    with pytest.raises(ValueError, match="give the same network before training"):
+        plot_filters(model("lenet"), start=model("lenet", in_channels=3))
+    with pytest.raises(ValueError, match="the start has no convolution 3 with kernels of shape"):
+        plot_filters(model("lenet"), layer="3", start=model("resnet18_book"))
+
+
 def test_a_deeper_layer_is_a_grid_of_outputs_by_inputs():
     fig = plot_filters(model("lenet"), layer="3")  # 16 filters over 6 input channels
     (image,) = images_of(fig)
@@ -204,6 +220,8 @@ def test_plot_mistakes_labels_each_image():
     assert fig.axes[0].get_xlabel().startswith("said: class ")
     with pytest.raises(ValueError, match="n must be at least 1"):
         find_mistakes(model("lenet"), toy(10), n=0)
+    with pytest.raises(ValueError, match="at most 400 for a picture"):
+        plot_mistakes(model("lenet"), toy(10), n=401)
 
 
 # -- curves: sub-epoch points, live in a notebook ----------------------------------------------------------------
@@ -223,17 +241,23 @@ def test_fit_records_the_books_five_points_an_epoch_and_draws_them(tmp_path):
     assert len(xs) == 10 and fig.axes[0].get_xlim()[0] == 0
 
 
-def test_live_curves_draw_only_in_a_notebook(monkeypatch):
+@pytest.fixture
+def shown(monkeypatch):
+    """What IPython would display: the first image, then each update of it in place."""
     pytest.importorskip("IPython")
     import IPython.display
 
-    shown = []
-    monkeypatch.setattr(IPython.display, "display", lambda obj, display_id=None: shown.append(obj) or Handle())
+    images = []
 
     class Handle:
         def update(self, obj):
-            shown.append(obj)
+            images.append(obj)
 
+    monkeypatch.setattr(IPython.display, "display", lambda obj, display_id=None: images.append(obj) or Handle())
+    return images
+
+
+def test_live_curves_draw_only_in_a_notebook(shown):
     record = {"epoch": 1, "loss": 1.0, "train_acc": 0.5, "test_acc": 0.4, "points": [[0.5, 1.2, 0.4], [1, 1, .5]]}
     LiveCurves(enabled=False)(record)
     assert shown == []
@@ -242,6 +266,43 @@ def test_live_curves_draw_only_in_a_notebook(monkeypatch):
     live(record)
     live({**record, "epoch": 2})
     assert len(shown) == 2 and shown[0].data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_redraws_the_live_curves_at_each_point_within_the_epoch(shown, monkeypatch):
+    from moderncnn import fit
+    from moderncnn.show import live
+
+    drawn = []  # the histories drawn: a partial epoch (points, no test acc yet) before each finished one
+
+    class InANotebook(LiveCurves):
+        def __init__(self, title=""):
+            super().__init__(title, enabled=True, max_share=None)  # every point drawn, however fast
+
+        def _draw(self, history):
+            drawn.append([dict(h) for h in history])
+            super()._draw(history)
+
+    monkeypatch.setattr(live, "LiveCurves", InANotebook)
+    data = toy(40)
+    result = fit("lenet", train_data=data, test_data=data, epochs=2, batch_size=8, device="cpu", quiet=True,
+                 plot=True)
+    assert len(drawn) == len(shown) == 2 * (5 + 1)
+    partial = drawn[2][-1]
+    assert partial["epoch"] == 1 and len(partial["points"]) == 3 and "test_acc" not in partial
+    assert partial["epochs"] == 2 and curves_figure(drawn[2], epochs=5).axes[0].get_xlim()[1] == 5
+    assert drawn[5] == result.history[:1] and drawn[-1] == result.history
+    assert [len(h[-1]["points"]) for h in drawn[6:11]] == [1, 2, 3, 4, 5] and len(drawn[8]) == 2
+
+
+def test_live_curves_skip_a_point_that_comes_too_soon_but_never_an_epoch(shown):
+    live = LiveCurves(enabled=True)  # drawing costs tens of ms: points microseconds apart are drawn later
+    partial = {"epoch": 1, "points": [[0.2, 1.0, 0.5]]}
+    live.point(partial)
+    for _ in range(10):
+        live.point(partial)
+    assert live.drawings == 1
+    live({**partial, "test_acc": 0.5})
+    assert live.drawings == 2 == len(shown)
 
 
 # -- TensorBoard -------------------------------------------------------------------------------------------------
@@ -265,13 +326,14 @@ def test_tensorboard_gets_the_scalars_and_the_pictures(tmp_path):
               "points": [[0.5, 1.2, 0.4], [1.0, 1.0, 0.5]]}
     board(record)
     net = model("lenet")
-    board.add_pictures(net, toy(20), [record], "lenet")
+    board.add_pictures(net, toy(20), [record], "lenet", start=model("lenet"))
     board.close()
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [20, 40]
     assert [e.step for e in events.Scalars("test/accuracy")] == [40]
     assert set(events.Tags()["images"]) == {f"pictures/{n}" for n in
-                                            ("curves", "filters", "activations", "gradcam", "mistakes")}
+                                            ("curves", "filters", "filters_learned", "activations", "gradcam",
+                                             "mistakes")}
 
 
 # -- the command line ------------------------------------------------------------------------------------------
@@ -303,6 +365,7 @@ def show(argv, capsys):
 @pytest.mark.parametrize("argv, name", [
     (["filters"], "filters-first.png"),
     (["filters", "--layer", "3"], "filters-3.png"),
+    (["filters", "--learned"], "filters-first-learned.png"),
     (["activations", "IMAGE"], "activations-shoe.png"),
     (["saliency", "IMAGE"], "saliency-gradcam-shoe.png"),
     (["saliency", "IMAGE", "--method", "gradients", "--class", "Sneaker"], "saliency-gradients-shoe.png"),
@@ -327,7 +390,6 @@ def test_show_out_puts_the_picture_elsewhere(small_run, tmp_path, capsys):
     (["activations", "RUN", "NOTES"], "is not an image Pillow can read"),
     (["activations", "RUN", "missing.png"], "no such image file: missing.png"),
     (["saliency", "RUN", "IMAGE", "--class", "Boot"], "no class named 'Boot'; the model's classes: T-shirt/top"),
-    (["mistakes", "RUN", "--n", "0"], "--n must be at least 1"),
     (["filters", "nowhere"], "no such checkpoint or run directory: nowhere"),
 ])
 def test_show_errors_are_one_line(small_run, argv, message, tmp_path, capsys):
@@ -338,6 +400,15 @@ def test_show_errors_are_one_line(small_run, argv, message, tmp_path, capsys):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("moderncnn show: error: "), err
     assert message in lines[0]
+
+
+@pytest.mark.parametrize("n", ["0", "401", "many"])
+def test_show_mistakes_n_is_checked_before_anything_is_read(n, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        show(["mistakes", "nowhere", "--n", n], capsys)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.strip().splitlines()[-1].endswith(
+        f"argument --n: must be a whole number from 1 to 400 (got '{n}')")
 
 
 def test_show_has_help_for_each_picture(capsys):
@@ -372,6 +443,10 @@ def test_train_tensorboard_writes_events_into_the_run(tmp_path, capsys):
                  "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu", "--tensorboard"])
     assert code == 0, capsys.readouterr().err
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload().Tags()["images"]
+    assert "pictures/filters_learned" in images
 
 
 def test_the_confusion_matrix_has_a_colour_bar_and_a_normalised_form(tmp_path):

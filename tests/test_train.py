@@ -21,7 +21,7 @@ from moderncnn.models import ModelBase
 from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, MODERN_LR, OWN_VALUES, Recipe, get_recipe
 from moderncnn.rundir import RunDir
 from moderncnn.train import (build_optimizer, build_scheduler, compile_mode_of, fit, format_final, init_weights,
-                             make_train_step, plan_speed)
+                             initial_model, make_train_step, plan_speed)
 from moderncnn.train.trainer import _fit_resize
 
 FAST = dict(epochs=2, batch_size=32, quiet=True, amp=False, device="cpu")
@@ -309,6 +309,37 @@ def test_fine_tuning_starts_from_trained_weights(data28, tmp_path):
     shutil.rmtree(tmp_path / "a")  # resuming goes on from the run's own checkpoint, not from the source
     fit("lenet", "book", tmp_path / "b", init_from=tmp_path / "a", resume=True, lr=1e-12, **{**kw, "epochs": 2})
     assert json.loads((tmp_path / "b" / "run.json").read_text())["init_from"] == meta["init_from"]
+
+
+def test_initial_model_rebuilds_a_runs_start_and_says_when_it_cannot(tmp_path, data28):
+    train, test = data28
+    kw = dict(train_data=train, test_data=test, seed=7, **{**FAST, "epochs": 1})
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        expected = init_weights(create_model("lenet", num_classes=4))
+    result = fit("lenet", "book", tmp_path / "a", **kw)
+    after_seed = torch.manual_seed(123).get_state()
+    start = initial_model(tmp_path / "a")
+    assert torch.equal(torch.get_rng_state(), after_seed), "the user's random state is left as it was"
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in start.state_dict().items())
+    assert not torch.equal(start[0].weight, result.model[0].weight)
+
+    tuned = fit("lenet", "book", tmp_path / "b", init_from=tmp_path / "a", **kw)  # the start is the weights loaded
+    assert torch.equal(initial_model(tmp_path / "b")[0].weight, result.model[0].weight.cpu())
+    assert not torch.equal(tuned.model[0].weight, result.model[0].weight)
+
+    run_json = tmp_path / "a" / "run.json"
+    meta = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**meta, "seed": 8}))  # another start than the one recorded
+    with pytest.raises(ValueError, match="cannot be rebuilt here"):
+        initial_model(tmp_path / "a")
+    del meta["init_sha256"]
+    run_json.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="records no checksum of the run's starting weights"):
+        initial_model(tmp_path / "a")
+    shutil.rmtree(tmp_path / "a")
+    with pytest.raises(ValueError, match="cannot rebuild the starting weights"):
+        initial_model(tmp_path / "b")  # its init_from is gone
 
 
 def test_torchvision_weights_fine_tune_ours_for_grey_images_and_ten_classes(tmp_path):

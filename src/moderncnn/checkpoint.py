@@ -10,6 +10,7 @@ together, and commits an epoch, is :mod:`moderncnn.rundir`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import pickle
@@ -26,7 +27,7 @@ from safetensors.torch import save as st_save
 
 __all__ = ["atomic_write", "new_figure", "save_figure", "save_weights", "load_weights", "weights_epoch",
            "state_dict_tensors", "save_state", "load_state", "resolve_run", "load_checkpoint", "read_state_dict",
-           "load_pretrained"]
+           "load_pretrained", "weights_sha256"]
 
 
 _UMASK = os.umask(0)
@@ -90,6 +91,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def state_dict_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict as contiguous CPU copies (channels_last does not leak into the file)."""
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in _unwrap(model).state_dict().items()}
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, shapes, dtypes, values): a run records its starting weights'
+    so that :func:`~moderncnn.train.initial_model` can prove it rebuilt them."""
+    h = hashlib.sha256()
+    for name, t in state_dict_tensors(model).items():
+        h.update(f"{name} {tuple(t.shape)} {t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # as bytes: bf16 has no numpy dtype
+    return h.hexdigest()
 
 
 def save_weights(path: str | Path, tensors: dict[str, torch.Tensor] | nn.Module, epoch: int) -> None:

@@ -120,11 +120,23 @@ def cmd_train(args: argparse.Namespace) -> None:
                  resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, command=args.command_line,
                  init_from=args.init_from, on_epoch_end=board, **overrides)
     if board is not None:
-        board.add_pictures(result.model, _eval_data(result.metadata, args), result.history, args.model)
-        board.close()
-        print(f"tensorboard: tensorboard --logdir {board.log_dir}", file=sys.stderr)
+        _board_pictures(board, result, args, out)
     if not args.quiet and _main_process():
         print(f"run directory: {out}", file=sys.stderr)
+
+
+def _board_pictures(board, result, args: argparse.Namespace, out: str | Path) -> None:
+    """The finished run's pictures for TensorBoard, what training changed in the filters included."""
+    from .train import initial_model
+
+    start = None
+    try:
+        start = initial_model(out).to(next(result.model.parameters()).device)
+    except ValueError as e:  # the run is saved: one picture fewer is no reason to fail the command
+        print(f"tensorboard: no picture of what training changed ({e})", file=sys.stderr)
+    board.add_pictures(result.model, _eval_data(result.metadata, args), result.history, args.model, start=start)
+    board.close()
+    print(f"tensorboard: tensorboard --logdir {board.log_dir}", file=sys.stderr)
 
 
 def _check_training_fits(args: argparse.Namespace, model_kwargs: dict) -> None:
@@ -229,15 +241,19 @@ def cmd_show(args: argparse.Namespace) -> None:
     model, meta = load_checkpoint(args.checkpoint, select_device(args.device))
     stem = Path(getattr(args, "image", "") or "").stem
     if args.picture == "filters":
-        fig, name = show.plot_filters(model, args.layer), f"filters-{args.layer or 'first'}.png"
+        start = None
+        if args.learned:
+            from .train import initial_model
+
+            start = initial_model(meta["run_dir"]).to(next(model.parameters()).device)
+        fig = show.plot_filters(model, args.layer, start=start)
+        name = f"filters-{args.layer or 'first'}{'-learned' if args.learned else ''}.png"
     elif args.picture == "activations":
         fig, name = show.plot_activations(model, args.image), f"activations-{stem}.png"
     elif args.picture == "saliency":
         fig = show.plot_saliency(model, args.image, args.method, args.target, args.layer)
         name = f"saliency-{args.method}-{stem}.png"
     else:
-        if args.n < 1:
-            raise CLIError(f"--n must be at least 1, got {args.n}")
         test = _eval_data(meta, args)
         if args.dataset is None and list(test.classes) != list(model.preprocessing.classes):
             raise CLIError("the test set's classes differ from the run's; pass the --dataset it was trained on")
@@ -250,6 +266,8 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def _add_show(sub) -> None:
+    from .show.mistakes import MAX_PICTURED
+
     p = sub.add_parser(
         "show",
         help="pictures of what a trained run learned: filters, activations, saliency, mistakes",
@@ -261,6 +279,9 @@ def _add_show(sub) -> None:
                             description="A convolution's kernels as tiles (default: the first convolution).")
     q.add_argument("checkpoint", metavar="RUN")
     q.add_argument("--layer", metavar="NAME", help="the convolution to draw (an unknown name lists them)")
+    q.add_argument("--learned", action="store_true",
+                   help="draw what training changed: the kernels minus the run's starting weights (rebuilt from "
+                        "its seed), which a short run hides under the noise the kernels started as")
     views = [q]
     q = pictures.add_parser("activations", help="the feature maps of each stage for one image",
                             description="The image as the model sees it, then each stage's most active maps.")
@@ -282,7 +303,7 @@ def _add_show(sub) -> None:
                             description="The test images the run gets most confidently wrong, with true and "
                                         "predicted labels and the probability.")
     q.add_argument("checkpoint", metavar="RUN")
-    q.add_argument("--n", type=int, default=36, help="how many images (default 36)")
+    q.add_argument("--n", type=whole_number(1, MAX_PICTURED), default=36, help="how many images (default 36)")
     q.add_argument("--subset", type=int, metavar="N", help="look at N test images only (class-balanced)")
     q.add_argument("--dataset", help="the test set of this data set instead of the run's")
     _add_data_location(q)

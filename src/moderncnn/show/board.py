@@ -57,9 +57,11 @@ class TensorBoard:
         writer.add_scalar("speed/examples_per_sec", record["examples_per_sec"], self.seen)
         writer.flush()
 
-    def add_pictures(self, model: nn.Module, test: Any, history: list[dict[str, Any]], title: str = "") -> None:
+    def add_pictures(self, model: nn.Module, test: Any, history: list[dict[str, Any]], title: str = "",
+                     start: nn.Module | None = None) -> None:
         """The run's pictures (curves, first-layer filters, one test image's activations and Grad-CAM, the
-        most confident mistakes) under "pictures/", at the last step."""
+        most confident mistakes) under "pictures/", at the last step; with ``start`` (the network before
+        training), also what training changed in the filters."""
         from ..train.report import curves_figure
         from . import plot_activations, plot_filters, plot_mistakes, plot_saliency
 
@@ -68,6 +70,8 @@ class TensorBoard:
                    "activations": lambda: plot_activations(model, image),
                    "gradcam": lambda: plot_saliency(model, image),
                    "mistakes": lambda: plot_mistakes(model, test, subset=min(len(test), 1000))}
+        if start is not None:
+            figures["filters_learned"] = lambda: plot_filters(model, start=start)
         writer = self._open()
         for name, draw in figures.items():
             writer.add_image(f"pictures/{name}", _pixels(draw()), self.seen, dataformats="HWC")

@@ -11,7 +11,11 @@ import torch.nn as nn
 from ..checkpoint import new_figure
 from .images import class_names, display_image, preprocessing_of
 
-__all__ = ["find_mistakes", "plot_mistakes"]
+__all__ = ["find_mistakes", "plot_mistakes", "MAX_PICTURED"]
+
+#: The most images one picture of mistakes shows: 400 tiles is a page 70 tiles high, already more than a
+#: reader takes in (and matplotlib takes minutes over thousands); find_mistakes gives any number.
+MAX_PICTURED = 400
 
 
 @torch.no_grad()
@@ -45,6 +49,8 @@ def find_mistakes(model: nn.Module, data: Any, n: int = 36, *, subset: int | Non
 def plot_mistakes(model: nn.Module, data: Any, n: int = 36, *, subset: int | None = None, columns: int = 6):
     """A matplotlib Figure of :func:`find_mistakes`: each image with its true label and, in red, the
     prediction and its probability; the title says how many of how many images were wrong."""
+    if n > MAX_PICTURED:
+        raise ValueError(f"n must be at most {MAX_PICTURED} for a picture, got {n}; find_mistakes lists any number")
     found = find_mistakes(model, data, n, subset=subset)
     names = list(getattr(data, "classes", None) or class_names(model))
     k = len(found["true"])

@@ -12,7 +12,7 @@ continues. One concern a module, in the order a run meets them:
 - :mod:`.metadata` and :mod:`.report`: what run.json holds, and what the run prints and draws.
 """
 
-from .trainer import Terminated, TrainResult, fit
+from .trainer import Terminated, TrainResult, fit, initial_model
 from .loop import Diverged
 from .options import TrainOptions
 from .report import format_final, plot_curves
@@ -20,7 +20,7 @@ from .speed import (COMPILE_MODES, SPEED_OPTIONS, SpeedPlan, compile_mode_of, co
                     device_kind, eval_speed, plan_speed)
 from .step import TrainStep, build_loss, build_optimizer, build_scheduler, init_weights, make_train_step
 
-__all__ = ["fit", "TrainResult", "TrainOptions", "Terminated", "Diverged", "plan_speed", "eval_speed", "SpeedPlan",
-           "SPEED_OPTIONS", "device_kind", "cpu_has_native_bf16", "COMPILE_MODES", "compile_mode_of", "compiled",
-           "init_weights", "build_optimizer", "build_scheduler", "build_loss", "make_train_step", "TrainStep",
+__all__ = ["fit", "initial_model", "TrainResult", "TrainOptions", "Terminated", "Diverged", "plan_speed",
+           "eval_speed", "SpeedPlan", "SPEED_OPTIONS", "device_kind", "cpu_has_native_bf16", "COMPILE_MODES",
+           "compile_mode_of", "compiled", "init_weights", "build_optimizer", "build_scheduler", "build_loss", "make_train_step", "TrainStep",
            "format_final", "plot_curves"]

@@ -1,8 +1,9 @@
 """The training loop: data on the device, the step as the speed plan builds it, one epoch, the test pass.
 
-Loss and accuracy are summed on the device and read once an epoch, so the step never waits for the host;
-whether the loss is still finite is read every step on a CPU (where the step has finished anyway) and every
-:data:`CHECK_EVERY` steps elsewhere, so a run that diverges stops within a few steps.
+Loss and accuracy are summed on the device and read only at the curves' five points an epoch, so the step
+never waits for the host; whether the loss is still finite is read every step on a CPU (where the step has
+finished anyway) and every :data:`CHECK_EVERY` steps elsewhere, so a run that diverges stops within a few
+steps.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -91,15 +92,19 @@ def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: Im
 
 
 def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epochs: int, *, warmup: bool,
-                quiet: bool) -> dict[str, Any]:
+                quiet: bool, on_point: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """One epoch: train (timed, one sync at the end), then test accuracy (not timed). Returns its record.
+
+    ``on_point`` is called at each of the epoch's :data:`POINTS_PER_EPOCH` points with the epoch's record so
+    far (``epoch``, ``epochs`` and ``points``; no test accuracy yet), as the book's animator is: a live plot
+    redraws there. Its time is left out of the epoch's timing.
 
     ``warmup`` marks the first epoch of a compiled model: its time includes compilation, so the run's
     examples/sec leaves it out when there are other epochs. Under torchrun the sums and counts are over
     every process, and every process tests its share of the test set with rank 0's batch norm statistics.
     Raises :class:`Diverged` as soon as the loss is seen to be non-finite.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the terminal bar: only on a tty (tqdm.auto warns in a notebook without ipywidgets)
 
     loop.train_loader.set_epoch(epoch)
     loop.model.train()
@@ -112,6 +117,7 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
     steps = len(loop.train_loader)
     marks = {steps * k // POINTS_PER_EPOCH for k in range(1, POINTS_PER_EPOCH + 1)}
     points = []  # the running train loss and accuracy within the epoch (this process's, under torchrun)
+    paused = 0.0  # seconds spent in on_point, not training
     t0 = time.perf_counter()
     for i, (x, y) in enumerate(bar, 1):
         batch_loss, batch_correct = loop.step(x, y)
@@ -122,11 +128,15 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
             _check_finite(world, loss_sum, epoch + 1, i)
         if i in marks:
             points.append([epoch + i / steps, loss_sum.item() / seen, correct.item() / seen])
+            if on_point is not None:
+                t = time.perf_counter()
+                on_point({"epoch": epoch + 1, "epochs": epochs, "points": list(points)})
+                paused += time.perf_counter() - t
     if world.distributed:
         loss_sum, correct, total = all_sum(world, loss_sum, correct, torch.tensor(seen, device=device))
         seen = int(total)
     _check_finite(world, loss_sum, epoch + 1, len(loop.train_loader))
-    train_seconds = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t0 - paused
     if seen == 0:
         raise ValueError("the training set is empty: check --subset and the data directory")
     test_acc = test_accuracy(loop, world, device)

@@ -40,6 +40,7 @@ class TrainOptions:
     command: str | None = None
     init_from: str | Path | None = None
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None
+    on_point: Callable[[dict[str, Any]], None] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

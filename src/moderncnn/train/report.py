@@ -21,20 +21,22 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
     return save_figure(curves_figure(history, title), path)
 
 
-def curves_figure(history: list[dict[str, Any]], title: str = ""):
+def curves_figure(history: list[dict[str, Any]], title: str = "", epochs: int | None = None):
     """The book's animator as a matplotlib Figure: train loss and train acc at the epoch's ``points`` (the
-    book's five an epoch) where the history has them, else once an epoch; test acc once an epoch."""
+    book's five an epoch) where the history has them, else once an epoch; test acc once an epoch.
+    ``epochs``: the run's length, to which the x axis reaches (as the book's animator's does) while it trains."""
     fig = new_figure((4.5, 3.2))
     ax = fig.add_subplot()
-    epochs = [h["epoch"] for h in history]
+    ends = [h["epoch"] for h in history]
     points = [p for h in history for p in h.get("points") or [[h["epoch"], h.get("loss"), h.get("train_acc")]]]
     for column, label, style in ((1, "train loss", "-"), (2, "train acc", "m--")):
         ax.plot([p[0] for p in points], [math.nan if p[column] is None else p[column] for p in points], style,
                 label=label)
-    ax.plot(epochs, [math.nan if h.get("test_acc") is None else h["test_acc"] for h in history], "g-.",
+    ax.plot(ends, [math.nan if h.get("test_acc") is None else h["test_acc"] for h in history], "g-.",
             label="test acc")
     ax.set_xlabel("epoch")
-    ax.set_xlim(0 if any(h.get("points") for h in history) else 1, max(epochs[-1], 2))  # points lie inside epoch 1
+    right = max(ends[-1], epochs or 0, 2)
+    ax.set_xlim(0 if any(h.get("points") for h in history) else 1, right)  # points lie inside epoch 1
     ax.grid(True)
     ax.legend()
     if title:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_pretrained, load_weights
+from ..checkpoint import load_pretrained, load_weights, resolve_run, weights_sha256
 from ..cpumem import keeping_freed_memory
 from ..data import ImageDataset, check_provenance, load_sample, load_splits
 from ..data.base import DataError
@@ -35,7 +35,7 @@ from .options import TrainOptions
 from .speed import plan_speed
 from .step import init_weights
 
-__all__ = ["fit", "TrainResult", "Terminated"]
+__all__ = ["fit", "TrainResult", "Terminated", "initial_model"]
 
 
 @dataclass
@@ -86,7 +86,8 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     :func:`~moderncnn.checkpoint.load_pretrained`); ignored when resuming. ``quiet`` silences the progress
     bar and the per-epoch lines on stderr; the book's closing lines are always printed.
     ``on_epoch_end(epoch_dict)`` is called after each epoch's checkpoint. ``plot=True``: in a notebook, the
-    book's animator redrawn in place once an epoch (:mod:`moderncnn.show.live`); elsewhere nothing.
+    book's animator redrawn in place at each of its five points an epoch and at the epoch's end
+    (:mod:`moderncnn.show.live`); elsewhere nothing.
 
     A loss that becomes NaN or infinite stops the run at once (:class:`~moderncnn.train.loop.Diverged`, a
     ValueError); the last finished epoch's checkpoint is kept and run.json says ``"diverged"``.
@@ -95,15 +96,16 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     across them; rank 0 writes and prints): see :mod:`moderncnn.distributed`.
     """
     speed = {"amp": amp, "channels_last": channels_last, "cuda_graph": cuda_graph, **(speed or {})}
+    on_point = None
     if plot:
         from ..show.live import live_curves
 
-        on_epoch_end = live_curves(on_epoch_end, title=model if isinstance(model, str) else "")
+        on_point, on_epoch_end = live_curves(on_epoch_end, title=model if isinstance(model, str) else "")
     options = TrainOptions(model=model, recipe=recipe, out_dir=out_dir, device=device, seed=seed,
                            data_dir=data_dir, train_data=train_data, test_data=test_data, download=download,
                            speed={k: v for k, v in speed.items() if v is not None}, compile=compile, resume=resume,
                            overwrite=overwrite, quiet=quiet, command=command, init_from=init_from,
-                           on_epoch_end=on_epoch_end, overrides=overrides)
+                           on_epoch_end=on_epoch_end, on_point=on_point, overrides=overrides)
     world = world_from_env()
     device = select_device(local_device(world, options.device))
     joined = join(world, device)
@@ -135,17 +137,18 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
     previous = run.read_meta() if resuming else None
     train, test = _load_data(options, recipe, world, previous)
     model, recipe, pretrained = _prepare_model(options, recipe, train, resuming)
+    start = weights_sha256(model)  # before any step: initial_model() proves its rebuild against it
     normalize = _channel_stats(train.images) if recipe.normalize else None
     plan = plan_speed(device, model, image_size=recipe.resize or train.images.shape[-1], processes=world.size,
                       compile=options.compile_mode, schedule=recipe.schedule, overrides=options.speed)
     meta = run_metadata(options.name, recipe, options.seed, train, test, normalize, device, options.command, plan,
                         world.size)
-    meta["init_from"] = pretrained
+    meta.update(init_from=pretrained, init_sha256=start)
     meta["speed"]["keeps_freed_memory"] = keeping_freed_memory()  # the command's choice (keeps_freed_memory)
     if previous is not None:
         check_resumable(previous, meta, run.dir)
         meta.update(start_time=previous.get("start_time"), resumed_at=meta["start_time"],
-                    init_from=previous.get("init_from"))
+                    init_from=previous.get("init_from"), init_sha256=previous.get("init_sha256"))
     loop = prepare_loop(model, recipe, train, test, normalize, plan, device, world, options.seed)
     meta["data"].update(train_used=loop.train_loader.num_examples, test_used=loop.test_loader.num_examples)
     history = _restore(run, loop, device) if resuming else []
@@ -208,13 +211,9 @@ def _prepare_model(options: TrainOptions, recipe: Recipe, train: ImageDataset,
                    resuming: bool) -> tuple[nn.Module, Recipe, dict[str, Any] | None]:
     """The model, initialised as the recipe says (and started from ``init_from``), and the recipe's resize
     fitted to the sizes the model accepts."""
-    torch.manual_seed(options.seed)
     model = options.model
-    if isinstance(model, str):
-        model = create_model(model, num_classes=len(train.classes), in_channels=train.images.shape[1],
-                             **recipe.model_kwargs)
-    if recipe.init == "xavier":
-        init_weights(model)
+    kwargs = {"num_classes": len(train.classes), "in_channels": train.images.shape[1], **recipe.model_kwargs}
+    model = _initialised(model, kwargs, options.seed, recipe.init)
     pretrained = None
     if options.init_from is not None and not resuming:
         pretrained = load_pretrained(model, options.init_from)
@@ -227,6 +226,44 @@ def _prepare_model(options: TrainOptions, recipe: Recipe, train: ImageDataset,
         except ValueError as e:
             raise ValueError(f"{e} with --resize {model.default_image_size}") from None
     return model, recipe, pretrained
+
+
+def _initialised(model: nn.Module | str, kwargs: dict[str, Any], seed: int, init: str) -> nn.Module:
+    """The model as the run starts it: built (when named) and initialised from ``seed``, as the recipe says."""
+    torch.manual_seed(seed)
+    if isinstance(model, str):
+        model = create_model(model, **kwargs)
+    if init == "xavier":
+        init_weights(model)
+    return model
+
+
+def initial_model(run_dir: str | Path) -> nn.Module:
+    """The weights a run started from, before its first step: rebuilt from its run.json (model, seed, init,
+    ``init_from``) and proven equal by the checksum the run recorded, so that
+    ``show.plot_filters(model, start=initial_model(run))`` draws what training changed. The global random
+    state is left as it was. A ValueError says when the start cannot be rebuilt (a model built by hand, a
+    ``init_from`` file gone, another version of PyTorch, a run from before the checksum)."""
+    run = resolve_run(run_dir)
+    meta = run.read_meta()
+    recorded, init_from = meta.get("init_sha256"), meta.get("init_from")
+    source = init_from.get("source") if isinstance(init_from, dict) else None
+    if recorded is None:
+        raise ValueError(f"{run.run_json} records no checksum of the run's starting weights (an older run): "
+                         f"train it again to compare it with its start")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model = _initialised(meta["model"], dict(meta["model_kwargs"]), meta["seed"], meta["recipe"]["init"])
+        if source is not None:
+            load_pretrained(model, source)
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
+        raise ValueError(f"cannot rebuild the starting weights of {run.dir} ({e})") from None
+    if weights_sha256(model) != recorded:
+        versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
+        raise ValueError(f"the starting weights of {run.dir} cannot be rebuilt here: another version of PyTorch "
+                         f"made them ({versions.get('torch')}, here {torch.__version__}), or a model built by hand, "
+                         f"or its run.json was changed")
+    return model.eval()
 
 
 def _fit_resize(recipe: Recipe, model: nn.Module, native: int, explicit: bool) -> Recipe:
@@ -279,7 +316,8 @@ def _train_epochs(options: TrainOptions, world: World, device: torch.device, rec
         with _terminate_as_interrupt(), loop.plan.applied(loop.model):
             for epoch in range(start, recipe.epochs):
                 record = train_epoch(loop, world, device, epoch, recipe.epochs,
-                                     warmup=loop.plan.compile is not None and epoch == start, quiet=quiet)
+                                     warmup=loop.plan.compile is not None and epoch == start, quiet=quiet,
+                                     on_point=options.on_point)
                 if getattr(loop.graphed, "failed", None):  # the capture failed (GraphedStep warned): eager since
                     meta["speed"].update(cuda_graph=False, cuda_graph_failed=loop.graphed.failed)
                 history.append(record)
