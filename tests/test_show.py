@@ -214,6 +214,15 @@ def test_mistakes_are_the_most_confident_wrong_answers():
     assert find_mistakes(net, data, n=5, subset=20)["examined"] == 20
 
 
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+def test_the_mistakes_are_the_ones_evaluate_counts(amp_dtype):
+    net, data = model("lenet_bn"), toy(60)
+    found = find_mistakes(net, data, n=400, amp_dtype=amp_dtype)
+    scores = evaluate(net, data, amp_dtype=amp_dtype)
+    assert found["wrong"] == len(found["true"]) == round((1 - scores["accuracy"]) * 60)
+    assert all(t != p for t, p in zip(found["true"], found["predicted"]))
+
+
 def test_plot_mistakes_labels_each_image():
     fig = plot_mistakes(model("lenet_bn"), toy(40), n=8, columns=4)
     assert len(fig.axes) == 8 and fig.axes[0].get_title().startswith("true: class ")

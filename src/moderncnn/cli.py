@@ -237,8 +237,10 @@ def cmd_show(args: argparse.Namespace) -> None:
     from . import show
     from .checkpoint import load_checkpoint, save_figure
     from .evaluate import select_device
+    from .train.speed import eval_speed
 
-    model, meta = load_checkpoint(args.checkpoint, select_device(args.device))
+    device = select_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device)
     stem = Path(getattr(args, "image", "") or "").stem
     if args.picture == "filters":
         start = None
@@ -257,7 +259,9 @@ def cmd_show(args: argparse.Namespace) -> None:
         test = _eval_data(meta, args)
         if args.dataset is None and list(test.classes) != list(model.preprocessing.classes):
             raise CLIError("the test set's classes differ from the run's; pass the --dataset it was trained on")
-        fig, name = show.plot_mistakes(model, test, args.n, subset=args.subset), "mistakes.png"
+        plan = eval_speed(device, model, meta.get("speed"), meta.get("device"))  # as eval counts them
+        fig = show.plot_mistakes(model, test, args.n, subset=args.subset, amp_dtype=plan.amp)
+        name = "mistakes.png"
     out = Path(args.out) if args.out else Path(meta["run_dir"]) / name
     try:
         print(save_figure(fig, out))

@@ -20,14 +20,16 @@ MAX_PICTURED = 400
 
 @torch.no_grad()
 def find_mistakes(model: nn.Module, data: Any, n: int = 36, *, subset: int | None = None,
-                  batch_size: int = 256) -> dict[str, Any]:
+                  batch_size: int = 256, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """The ``n`` misclassified images of ``data`` (an ImageDataset) with the highest predicted probability.
 
     Images are prepared with the model's preprocessing; ``subset``: only that many test images (the fixed,
-    class-balanced sample that ``eval --subset`` takes). Returns ``{"images": uint8 (k, C, H, W) as stored,
+    class-balanced sample that ``eval --subset`` takes); ``amp_dtype``: the forward pass in that autocast
+    precision, as :func:`~moderncnn.evaluate.evaluate` takes it (so the mistakes are the ones it counts). Returns ``{"images": uint8 (k, C, H, W) as stored,
     "true": [k], "predicted": [k], "probability": [k], "examined": N, "wrong": count}``.
     """
     from ..data import DeviceLoader
+    from ..evaluate import autocast
 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -36,7 +38,8 @@ def find_mistakes(model: nn.Module, data: Any, n: int = 36, *, subset: int | Non
     loader = DeviceLoader(data, batch_size, device=device, resize=prep.resize, normalize=prep.normalize,
                           subset=subset)
     model.eval()
-    probs = torch.cat([model(x).float().softmax(1).cpu() for x, _ in loader])
+    with autocast(device, amp_dtype):
+        probs = torch.cat([model(x).float().softmax(1).cpu() for x, _ in loader])
     confidence, predicted = probs.max(1)
     labels = loader.labels.cpu()
     wrong = (predicted != labels).nonzero().flatten()
@@ -46,12 +49,13 @@ def find_mistakes(model: nn.Module, data: Any, n: int = 36, *, subset: int | Non
             "examined": len(labels), "wrong": len(wrong)}
 
 
-def plot_mistakes(model: nn.Module, data: Any, n: int = 36, *, subset: int | None = None, columns: int = 6):
+def plot_mistakes(model: nn.Module, data: Any, n: int = 36, *, subset: int | None = None, columns: int = 6,
+                  amp_dtype: torch.dtype | None = None):
     """A matplotlib Figure of :func:`find_mistakes`: each image with its true label and, in red, the
     prediction and its probability; the title says how many of how many images were wrong."""
     if n > MAX_PICTURED:
         raise ValueError(f"n must be at most {MAX_PICTURED} for a picture, got {n}; find_mistakes lists any number")
-    found = find_mistakes(model, data, n, subset=subset)
+    found = find_mistakes(model, data, n, subset=subset, amp_dtype=amp_dtype)
     names = list(getattr(data, "classes", None) or class_names(model))
     k = len(found["true"])
     columns = max(1, min(columns, k))
