@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from moderncnn import create_model, list_models
 from moderncnn.checkpoint import load_checkpoint, load_pretrained, load_weights, save_weights, weights_epoch
 from moderncnn.data import ImageDataset
-from moderncnn.evaluate import evaluate, format_per_class, load_images, predict
+from moderncnn.evaluate import Preprocessing, evaluate, format_per_class, load_images, predict, read_images
 from moderncnn.layers import BatchNorm
 from moderncnn.models import ModelBase
 from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, MODERN_LR, OWN_VALUES, Recipe, get_recipe
@@ -591,6 +591,32 @@ def test_predict_from_files_and_tensors(data28, tmp_path):
         predict(model, [tmp_path / "notes.txt"], topk=1)
     with pytest.raises(FileNotFoundError, match="no such image file"):
         predict(model, [tmp_path / "absent.png"])
+
+
+def test_a_file_is_read_as_training_read_its_data_set(tmp_path):
+    from PIL import Image
+
+    from moderncnn.data import DeviceLoader, load_image_folder
+
+    g = torch.Generator().manual_seed(0)
+    for i, (w, h) in enumerate([(37, 23), (100, 80), (16, 16)]):  # one image per class, of any size
+        (tmp_path / "photos" / "train" / f"c{i}").mkdir(parents=True)
+        (tmp_path / "photos" / "test" / f"c{i}").mkdir(parents=True)
+        for split in ("train", "test"):
+            pixels = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "photos" / split / f"c{i}" / "x.png")
+    train = load_image_folder(tmp_path / "photos", "train", image_size=16)
+    files = [tmp_path / "photos" / "train" / f"c{i}" / "x.png" for i in range(3)]
+    assert torch.equal(load_images(files, 3, 16), train.images), "predict reads a training file bit for bit"
+
+    # a run that enlarged its 16-pixel data set to 28: a file is read at 16, then enlarged as the loader does
+    x = read_images(files, 3, 28, native=16)
+    assert torch.equal(x, next(iter(DeviceLoader(train, 3, device="cpu", resize=28)))[0])
+    assert (x - load_images(files, 3, 28).float() / 255).abs().max() > 0.1, "straight to 28 would be sharper"
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=3, in_channels=3).eval()
+    model.preprocessing = Preprocessing(channels=3, size=28, resize=28, classes=("a", "b", "c"), native=16)
+    assert predict(model, files) == predict(model, x)
 
 
 def test_predict_a_folder_in_batches(tmp_path):

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["select_device", "autocast", "Preprocessing", "evaluate", "format_per_class", "plot_confusion",
-           "confusion_figure", "load_images", "image_files", "predict"]
+           "confusion_figure", "load_images", "read_images", "image_files", "predict"]
 
 Normalize = tuple[Sequence[float], Sequence[float]]
 
@@ -22,7 +22,9 @@ class Preprocessing:
 
     :func:`~moderncnn.train.fit` and :func:`~moderncnn.checkpoint.load_checkpoint` attach it to the model as
     ``model.preprocessing``; :func:`predict` and :func:`evaluate` follow it, so the library gives the command
-    line's answers. ``resize``: the side images were resized to in training (None: their native side).
+    line's answers. ``resize``: the side images were resized to in training (None: their native side);
+    ``native``: the side of the data set's stored images, to which an image file is read first, as the data
+    set's own images were, before the run's resize.
     """
 
     channels: int
@@ -30,6 +32,7 @@ class Preprocessing:
     resize: int | None = None
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     classes: tuple[str, ...] = ()
+    native: int | None = None
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], where: Any = "run.json") -> "Preprocessing":
@@ -40,7 +43,8 @@ class Preprocessing:
             return cls(channels=int(inputs["channels"]), size=int(inputs["size"]),
                        resize=None if inputs.get("resize") is None else int(inputs["resize"]),
                        normalize=None if norm is None else (tuple(map(float, norm[0])), tuple(map(float, norm[1]))),
-                       classes=tuple(str(c) for c in data.get("classes", ())))
+                       classes=tuple(str(c) for c in data.get("classes", ())),
+                       native=None if inputs.get("native_size") is None else int(inputs["native_size"]))
         except (AttributeError, KeyError, TypeError, ValueError, IndexError):
             raise ValueError(f"{where}: its 'input' or 'data' section is malformed; the run directory is "
                              f"damaged") from None
@@ -186,14 +190,13 @@ def confusion_figure(result: dict[str, Any], title: str = "", normalize: bool = 
 
 
 def load_images(paths: Sequence[str | Path], channels: int, size: int) -> torch.Tensor:
-    """Read image files as one uint8 batch (N, channels, size, size): grey or RGB, resized (antialiased).
+    """Read image files as one uint8 batch (N, channels, size, size): grey or RGB, resized to a square.
 
-    Any format and colour mode Pillow reads is accepted, decoded as training decodes a folder of images
-    (:func:`moderncnn.data.images.decode_image`: a pixel limit, 16-bit and palette images scaled); a missing
-    file or one that is not an image is a one-line error naming it.
+    Any format and colour mode Pillow reads is accepted, read exactly as training reads a folder of images
+    (:func:`moderncnn.data.images.read_square`: a pixel limit, 16-bit and palette images scaled, Pillow's
+    bilinear resize); a missing file or one that is not an image is a one-line error naming it.
     """
-    from .data import resize_batch
-    from .data.images import decode_image
+    from .data.images import read_square
 
     if channels not in (1, 3):
         raise ValueError(f"images can be read for 1- or 3-channel models, not {channels}-channel ones")
@@ -201,11 +204,19 @@ def load_images(paths: Sequence[str | Path], channels: int, size: int) -> torch.
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"no such image file: {p}")
-        im = decode_image(p, grey=channels == 1)
-        t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        t = t.view(im.height, im.width, channels).permute(2, 0, 1)
-        batch.append(resize_batch(t[None].float(), size).round().clamp(0, 255).to(torch.uint8))
-    return torch.cat(batch)
+        pixels = torch.from_numpy(read_square(p, channels == 1, size).copy())
+        batch.append(pixels.view(size, size, channels).permute(2, 0, 1))
+    return torch.stack(batch)
+
+
+def read_images(paths: Sequence[str | Path], channels: int, size: int, native: int | None = None) -> torch.Tensor:
+    """Image files as a float batch in [0, 1] at ``size``, prepared as the run prepared its data: read at the
+    data set's ``native`` side (as its images were stored), then resized as the loader resizes a batch. A
+    photo predicted by a Fashion-MNIST AlexNet is thus first made 28x28, then enlarged to 224 as in training."""
+    from .data import resize_batch
+
+    x = load_images(paths, channels, native or size).float() / 255
+    return resize_batch(x, size) if x.shape[-1] != size else x
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -251,7 +262,9 @@ def predict(model: nn.Module | str | Path, images: torch.Tensor | Sequence[str |
         model = load_checkpoint(model, select_device(device))[0]
     device = select_device(device) if device is not None else next(model.parameters()).device
     prep = getattr(model, "preprocessing", None)
+    native = None
     if prep is not None:
+        native = prep.native if size in (None, prep.size) else None  # another size asked: read straight to it
         size, normalize = size or prep.size, normalize if normalize is not None else prep.normalize
         classes = classes or prep.classes or None
     size = size or getattr(model, "default_image_size", None)
@@ -272,7 +285,7 @@ def predict(model: nn.Module | str | Path, images: torch.Tensor | Sequence[str |
             if size:
                 x = resize_batch(x, size)
         else:
-            x = load_images(chunk, channels, size).float() / 255
+            x = read_images(chunk, channels, size, native)
         if normalize is not None:
             mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in normalize)
             x = (x - mean) / std

@@ -150,10 +150,14 @@ def _metadata(model: nn.Module, meta: dict[str, Any] | None, size: tuple[int, in
         "input": "x".join(map(str, size)),
         "input_name": _INPUT,
         "output_name": _OUTPUT,
-        "input_format": "float32 (N, C, H, W): pixels in [0, 1], resized to the input size, then normalised",
+        "input_format": "float32 (N, C, H, W): pixels in [0, 1], resized to the input size, then normalised"
+                        + ("" if prep is None or prep.native in (None, size[-1]) else
+                           f"; an image file is first resized to {prep.native}x{prep.native}, as the training "
+                           f"set's images were stored, then to the input size"),
         "batch": str(batch),
         "normalize": json.dumps(normalize),
         "resize": json.dumps(None if prep is None else prep.resize),
+        "native_size": json.dumps(None if prep is None else prep.native),
         "classes": json.dumps(list(prep.classes) if prep is not None else []),
         "recipe": json.dumps(run.get("recipe")),
         "run": json.dumps({"dir": run.get("run_dir"), "epoch": run.get("epoch")} if meta else None),

@@ -5,7 +5,7 @@ Classes and files are found as torchvision's ImageFolder finds them (its extensi
 a symlinked folder once. If the folder has ``train/`` and ``test/`` (or ``val/``) sub-folders they are the
 splits (an image reachable from both is an error: test images must not leak into training); otherwise a
 fixed-seed 90/10 split of the files is used. Every image is decoded once, as ``predict`` decodes it
-(:func:`~moderncnn.data.images.decode_image`: a pixel limit, 16-bit and palette images scaled), converted to
+(:func:`~moderncnn.data.images.read_square`: a pixel limit, 16-bit and palette images scaled), converted to
 RGB (or L when every image in the folder is grayscale) and resized to a square ``image_size`` so the split
 stacks into one tensor. A file with an image extension that cannot be read is a DataError naming it (a
 damaged file is something to fix, not to train around); files with other extensions are ignored.
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .base import DataError, ImageDataset
-from .images import GREY_MODES, class_folders, decode_image, image_mode, list_image_files
+from .images import GREY_MODES, class_folders, image_mode, list_image_files, read_square
 
 __all__ = ["load_image_folder", "DEFAULT_IMAGE_SIZE", "SPLIT_SEED", "TEST_FRACTION"]
 
@@ -58,7 +57,7 @@ def load_image_folder(path: str | Path, split: str = "train", *, image_size: int
     if not files:
         raise DataError(f"{root}: no {split} images; add images or use train/ and test/ sub-folders")
     grey = all(image_mode(p) in GREY_MODES for p, _ in all_files)
-    images = torch.from_numpy(np.stack([_decode(p, grey, size) for p, _ in files]))
+    images = torch.from_numpy(np.stack([read_square(p, grey, size) for p, _ in files]))
     images = images.unsqueeze(1) if grey else images.permute(0, 3, 1, 2)
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     return ImageDataset(images.contiguous(), labels, classes, f"folder:{root}", split, source, root=str(root))
@@ -107,8 +106,3 @@ def _split(files: list[tuple[str, int]], split: str) -> list[tuple[str, int]]:
     return [files[i] for i in chosen]
 
 
-def _decode(path: str, grey: bool, size: int) -> np.ndarray:
-    img = decode_image(path, grey)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)

@@ -25,7 +25,7 @@ from PIL import Image
 from .base import DataError
 
 __all__ = ["MAX_IMAGE_PIXELS", "GREY_MODES", "is_regular_file", "class_folders", "list_image_files",
-           "image_mode", "decode_image"]
+           "image_mode", "decode_image", "read_square"]
 
 #: The most pixels an image may have (8192 x 8192): a larger one is refused before it is decoded.
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -123,6 +123,16 @@ def decode_image(path: str | Path, grey: bool) -> Image.Image:
     except Exception as e:  # noqa: BLE001 - see image_mode; MemoryError included: the file is the problem
         why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise DataError(f"{path} is not an image Pillow can read ({why}); delete or replace it") from None
+
+
+def read_square(path: str | Path, grey: bool, size: int) -> np.ndarray:
+    """An image file as a data set of the user's images stores it: decoded (:func:`decode_image`) and resized
+    to ``size`` x ``size`` with Pillow's (antialiased) bilinear filter; uint8, (H, W) or (H, W, 3). Training
+    on a folder and ``predict`` on a file both read images here, so a file's pixels are the same in both."""
+    img = decode_image(path, grey)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def _to_8bit(img: Image.Image, grey: bool) -> Image.Image:

@@ -36,11 +36,11 @@ def read_image(model: nn.Module, image: str | Path | torch.Tensor) -> torch.Tens
     model's channels), or a uint8 / [0, 1] float tensor (C, H, W) or (1, C, H, W).
     """
     from ..data import resize_batch
-    from ..evaluate import load_images
+    from ..evaluate import read_images
 
     prep = preprocessing_of(model)
     if isinstance(image, (str, Path)):
-        return load_images([image], prep.channels, prep.size).float() / 255
+        return read_images([image], prep.channels, prep.size, prep.native)
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"image must be a file path or a tensor, got {type(image).__name__}")
     x = image[None] if image.dim() == 3 else image
