@@ -97,7 +97,8 @@ def weights_sha256(model: nn.Module) -> str:
     """SHA-256 of a model's state dict (names, shapes, dtypes, values): a run records its starting weights'
     so that :func:`~moderncnn.train.initial_model` can prove it rebuilt them."""
     h = hashlib.sha256()
-    for name, t in state_dict_tensors(model).items():
+    for name, t in _unwrap(model).state_dict().items():  # one tensor at a time: VGG's 0.5 GB is never copied whole
+        t = t.detach().to("cpu").contiguous()
         h.update(f"{name} {tuple(t.shape)} {t.dtype};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # as bytes: bf16 has no numpy dtype
     return h.hexdigest()
