@@ -260,9 +260,11 @@ def initial_model(run_dir: str | Path) -> nn.Module:
         raise ValueError(f"cannot rebuild the starting weights of {run.dir} ({e})") from None
     if weights_sha256(model) != recorded:
         versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
-        raise ValueError(f"the starting weights of {run.dir} cannot be rebuilt here: another version of PyTorch "
-                         f"made them ({versions.get('torch')}, here {torch.__version__}), or a model built by hand, "
-                         f"or its run.json was changed")
+        made_by = versions.get("torch")
+        why = (f"PyTorch {made_by} made them and this is {torch.__version__}" if made_by != torch.__version__ else
+               "the model was built by hand, or run.json was changed")
+        raise ValueError(f"the starting weights of {run.dir} cannot be rebuilt here ({why}); the trained weights "
+                         f"are drawn as they are without --learned")
     return model.eval()
 
 
