@@ -131,7 +131,7 @@ def _board_pictures(board, result, args: argparse.Namespace, out: str | Path) ->
 
     start = None
     try:
-        start = initial_model(out).to(next(result.model.parameters()).device)
+        start = initial_model(out)
     except ValueError as e:  # the run is saved: one picture fewer is no reason to fail the command
         print(f"tensorboard: no picture of what training changed ({e})", file=sys.stderr)
     board.add_pictures(result.model, _eval_data(result.metadata, args), result.history, args.model, start=start)
@@ -247,7 +247,7 @@ def cmd_show(args: argparse.Namespace) -> None:
         if args.learned:
             from .train import initial_model
 
-            start = initial_model(meta["run_dir"]).to(next(model.parameters()).device)
+            start = initial_model(meta["run_dir"])
         fig = show.plot_filters(model, args.layer, start=start)
         name = f"filters-{args.layer or 'first'}{'-learned' if args.learned else ''}.png"
     elif args.picture == "activations":

@@ -215,8 +215,7 @@ def read_images(paths: Sequence[str | Path], channels: int, size: int, native: i
     photo predicted by a Fashion-MNIST AlexNet is thus first made 28x28, then enlarged to 224 as in training."""
     from .data import resize_batch
 
-    x = load_images(paths, channels, native or size).float() / 255
-    return resize_batch(x, size) if x.shape[-1] != size else x
+    return resize_batch(load_images(paths, channels, native or size).float() / 255, size)
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
