@@ -113,10 +113,15 @@ def test_train_eval_predict_end_to_end(idx_dir, tmp_path, capsys):
         [str(tmp_path / "album" / "x.jpg"), str(tmp_path / "photo.png")]
 
     (tmp_path / "notes.png").write_text("plain text")
-    code, _, err = run(["predict", out, tmp_path / "notes.png"], capsys)
-    assert code == 2 and "notes.png is not an image" in one_line_error(err, "predict")
-    code, _, err = run(["predict", out, tmp_path / "absent.png"], capsys)
-    assert code == 2 and "no such image file" in one_line_error(err, "predict")
+    # one bad file of many: named in one line, the rest predicted, a non-zero exit at the end
+    code, stdout, err = run(["predict", out, tmp_path / "photo.png", tmp_path / "notes.png", tmp_path / "absent.png",
+                             tmp_path / "small.jpg"], capsys)
+    assert code == 2 and [line.split(": ")[0] for line in stdout.splitlines()] == \
+        [str(tmp_path / "photo.png"), str(tmp_path / "small.jpg")]
+    skipped, last = err.strip().splitlines()[:-1], err.strip().splitlines()[-1]
+    assert len(skipped) == 2 and "notes.png is not an image" in skipped[0] and "no such image file" in skipped[1]
+    assert last == "moderncnn predict: error: 2 of 4 image files could not be read (each named above); the others " \
+                   "were predicted"
     code, _, err = run(["predict", tmp_path / "nowhere", tmp_path / "photo.png"], capsys)
     assert code == 2 and "no such checkpoint" in one_line_error(err, "predict")
 
@@ -231,9 +236,21 @@ def test_unknown_option_is_the_verbs_usage_error_with_a_suggestion(capsys):
         main(["predict", "run", "photo.png", "--top-k", "2"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: moderncnn predict")
-    assert err.splitlines()[-1] == ("moderncnn predict: error: unrecognized arguments: --top-k 2 "
-                                    "(--top-k: did you mean --topk?)")
+    assert err.splitlines() == ["moderncnn predict: error: unrecognized arguments: --top-k 2 "
+                                "(--top-k: did you mean --topk?) (see moderncnn predict --help)"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "lenet", "--batch-size", "0"], "argument --batch-size: "),
+    (["train", "lenet", "--speed", "foo=on"], "argument --speed: --speed must be OPTION=on|off"),
+    (["show", "filters"], "the following arguments are required: RUN"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_a_usage_error_is_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and message in err[0] and err[0].endswith("--help)"), err
 
 
 def test_list_and_summary_still_work(capsys):
@@ -322,16 +339,20 @@ def test_eval_prints_its_results_before_it_writes_a_file(idx_dir, tmp_path, caps
 
     monkeypatch.setattr(importlib.import_module("moderncnn.evaluate"), "plot_confusion", read_only)
     code, stdout, err = run(["eval", out], capsys)
-    assert code == 2 and "test acc" in stdout and "Ankle boot" in stdout
-    assert "cannot write confusion.png in" in one_line_error(err, "eval") and "--out DIR" in err
+    assert code == 0 and "test acc" in stdout and "Ankle boot" in stdout and "confusion matrix:" not in stdout
+    assert err.strip().splitlines() == [f"moderncnn eval: warning: confusion.png not written in {out} (Read-only "
+                                        f"file system); pass --out DIR to write it elsewhere"]
+    code, stdout, err = run(["eval", out, "--out", tmp_path / "elsewhere"], capsys)  # asked for: an error
+    assert code == 2 and "test acc" in stdout and "cannot write confusion.png in" in one_line_error(err, "eval")
 
 
-def test_a_diverging_run_exits_non_zero_in_one_line(idx_dir, tmp_path, capsys):
+@pytest.mark.parametrize("lr, what", [("1e30", "became"), ("1e4", "exploded to")])  # 1e4: finite, at chance
+def test_a_diverging_run_exits_non_zero_in_one_line(idx_dir, tmp_path, capsys, lr, what):
     out = tmp_path / "run"
-    code, _, err = run(["train", "lenet_bn", "--recipe", "modern", "--lr", "1e30", "--epochs", 3, "--subset", 64,
+    code, _, err = run(["train", "lenet_bn", "--recipe", "modern", "--lr", lr, "--epochs", 3, "--subset", 64,
                         "--batch-size", 32, "--data-dir", idx_dir, "--out", out, "--quiet"], capsys)
     line = one_line_error(err, "train")
-    assert code == 2 and "the loss became" in line and "lower --lr" in line
+    assert code == 2 and f"the loss {what}" in line and "lower --lr" in line
     text = (out / "run.json").read_text()
     assert json.loads(text)["status"] == "diverged" and "NaN" not in text
 

@@ -19,7 +19,7 @@ import torchvision.datasets.utils as tv_utils
 from PIL import Image
 
 from moderncnn.data import (DataError, DeviceLoader, ImageDataset, augment_batch, datasets, load_dataset,
-                            load_sample, read_idx, resize_batch, write_idx)
+                            load_sample, load_splits, read_idx, resize_batch, write_idx)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
 STEMS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -257,6 +257,39 @@ def test_download_falls_through_mirrors_and_lands_in_the_cache(tmp_path, monkeyp
     assert len(calls) == 5 and "ossci" in calls[0] and all("lecun" in c for c in calls[1:])
     assert sorted(p.name for p in cache.glob("*.gz")) == sorted(f"{s}.gz" for s in STEMS["train"] + STEMS["test"])
     assert load_dataset("mnist", "test", download=False).source == str(cache)
+
+
+def test_an_explicit_data_dir_without_the_data_is_an_error_never_the_sample_or_other_data(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(tv_utils, "download_url", _fail_download(calls))
+    for split in ("train", "test"):  # elsewhere: not taken either
+        write_split(tmp_path / "cache" / "moderncnn" / "fashion-mnist", split)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(DataError, match=r"looked for train-images-idx3-ubyte\[\.gz\] and train-labels-idx1-ubyte"
+                                        r"\[\.gz\] in .*mine/fashion-mnist.*put the files in .*mine"):
+        load_splits("fashion-mnist", root=mine)
+    assert calls  # the download was tried (into the folder given: see the next test)
+    with pytest.raises(DataError, match="download=False"):
+        load_splits("fashion-mnist", root=mine, download=False)
+    assert len(load_splits("fashion-mnist")[0]) == 20  # without --data-dir the cache is searched
+
+
+def test_an_explicit_data_dir_is_where_a_download_lands(tmp_path, monkeypatch):
+    source = tmp_path / "remote"
+    write_split(source, "train")
+    write_split(source, "test")
+
+    def download_url(url, root, filename=None, md5=None, **kwargs):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / filename).write_bytes((source / filename).read_bytes())
+
+    monkeypatch.setattr(tv_utils, "download_url", download_url)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    train, test = load_splits("mnist", root=mine)
+    assert train.source == f"downloaded to {mine / 'mnist'}" and test.source == str(mine / "mnist")
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="shared Fashion-MNIST copy not present")

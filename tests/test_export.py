@@ -48,7 +48,7 @@ def test_models_export_and_the_file_gives_pytorchs_outputs(name, size, fmt, tmp_
         torch.testing.assert_close(run_file(path, x), model(x), rtol=1e-4, atol=1e-4)
     meta = read_metadata(path)
     assert meta["model"] == name and meta["input"] == f"{c}x{h}x{w}" and meta["batch"] == "dynamic"
-    assert meta["exporter"] == result.exporter and json.loads(meta["classes"]) == []
+    assert meta["exporter"] == result.exporter and meta["classes"] == [] and meta == result.metadata
     if fmt == "pt2":
         assert json.loads((tmp_path / f"{name}.pt2.json").read_text()) == meta
 
@@ -71,7 +71,7 @@ def test_the_torchscript_exporter_and_a_fixed_batch(tmp_path):
     import onnxruntime as ort
 
     result = export("lenet", "onnx", tmp_path / "l.onnx", exporter="torchscript", batch=4, opset=17)
-    assert result.exporter == "torchscript" and result.batch_sizes == (4,) and result.metadata["opset"] == "17"
+    assert result.exporter == "torchscript" and result.batch_sizes == (4,) and result.metadata["opset"] == 17
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [4, 1, 28, 28]
     assert "two batches of 4" in str(result)
@@ -92,9 +92,10 @@ def test_a_run_exports_with_its_preprocessing(fmt, tmp_path):
     meta = read_metadata(result.path)
     trained, _ = moderncnn.load_checkpoint(run)
     mean, std = trained.preprocessing.normalize
-    assert json.loads(meta["classes"]) == ["a", "b", "c", "d"] and json.loads(meta["recipe"])["name"] == "modern"
-    assert json.loads(meta["normalize"]) == {"mean": list(mean), "std": list(std)}
-    assert json.loads(meta["run"])["epoch"] == 1 and json.loads(meta["model_kwargs"])["num_classes"] == 4
+    # values, not JSON text: meta["classes"][2] is a class name (a character, when ONNX's strings were handed on)
+    assert meta["classes"][2] == "c" and meta["recipe"]["name"] == "modern" and meta["native_size"] == 28
+    assert meta["normalize"] == {"mean": list(mean), "std": list(std)}
+    assert meta["run"]["epoch"] == 1 and meta["model_kwargs"]["num_classes"] == 4
     images = check_images(2, (1, 28, 28), (mean, std))
     with torch.no_grad():
         torch.testing.assert_close(run_file(result.path, images), trained(images), rtol=1e-4, atol=1e-4)
@@ -130,7 +131,7 @@ def test_command_line(capsys, tmp_path):
     assert main(["export", "lenet_bn", "--format", "pt2", "--out", str(out), "--batch", "2"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{out}: pt2 (torch.export), checked in torch") and "max |difference| " in line
-    assert read_metadata(out)["batch"] == "2"
+    assert read_metadata(out)["batch"] == 2
     with pytest.raises(SystemExit) as stop:
         main(["export", "lenet", "--batch", "none"])
     assert stop.value.code == 2
@@ -154,3 +155,14 @@ def test_the_export_table_script(tmp_path, capsys):
     row, = results["rows"]
     assert results["complete"] and row["ok"] and row["model"] == "lenet_bn" and row["max_abs_diff"] <= row["allowed"]
     assert "| `lenet_bn` | pt2 | 1x28x28 | torch.export |" in capsys.readouterr().out
+
+
+def test_onnx_properties_give_back_values_and_keep_strings_that_look_like_json():
+    from moderncnn.export import _as_props, _from_props
+
+    meta = {"model": "123", "input": "1x28x28", "classes": ["T-shirt/top", "Trouser"], "batch": 2, "normalize": None}
+    props = _as_props(meta)
+    assert all(isinstance(v, str) for v in props.values()) and _from_props(props) == meta
+    # written before json_keys: the values it stored as JSON text are decoded all the same
+    old = {"model": "lenet", "classes": '["a", "b"]', "batch": "dynamic", "run": '{"epoch": 3}'}
+    assert _from_props(old) == {"model": "lenet", "classes": ["a", "b"], "batch": "dynamic", "run": {"epoch": 3}}

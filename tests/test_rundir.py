@@ -221,6 +221,31 @@ def test_a_diverging_run_stops_at_once_keeps_the_last_checkpoint_and_writes_no_n
     assert json.loads(text)["status"] == "diverged" and "NaN" not in text and "Infinity" not in text
 
 
+class Blowing(Tiny):
+    """Finite for ever, but after ``calm`` training steps its logits are a million times too large: the loss
+    explodes (about 1e6) without ever becoming NaN."""
+
+    def __init__(self, calm: int):
+        super().__init__()
+        self.calm = calm
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out * 1e6 if self.training and self.calls > self.calm else out
+
+
+def test_a_finite_loss_that_explodes_stops_the_run_as_nan_does(data8, tmp_path):
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    model = Blowing(calm=6)  # 4 classes: over 10 ln 4 = 13.9 is exploded; epoch 2 explodes at once
+    with pytest.raises(ValueError, match=r"the loss exploded to .* \(over 13\.9, 10x a uniform guess's\) in epoch 2, "
+                                         r"step 1; lr 0\.9 is too high .* \(the checkpoint of epoch 1 in .* is kept\)"):
+        fit(model, "book", out, **kw(data8, lr=0.9, epochs=3))
+    assert model.calls == 7, "stopped at the curve's first point, not at the epoch's end"
+    meta = json.loads((out / "run.json").read_text())
+    assert (meta["status"], meta["epochs_done"], RunDir(out).checkpoint().epoch) == ("diverged", 1, 1)
+
+
 def test_json_files_never_hold_nan(tmp_path):
     run = RunDir(tmp_path)
     run.write_meta({"final": {"loss": math.nan, "examples_per_sec": math.inf, "ok": [1.0, -math.inf]}})

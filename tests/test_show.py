@@ -416,8 +416,9 @@ def test_show_mistakes_n_is_checked_before_anything_is_read(n, capsys):
     with pytest.raises(SystemExit) as exit_:
         show(["mistakes", "nowhere", "--n", n], capsys)
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.strip().splitlines()[-1].endswith(
-        f"argument --n: must be a whole number from 1 to 400 (got '{n}')")
+    assert exit_.value.code == 2 and err.strip().splitlines() == [
+        f"moderncnn show mistakes: error: argument --n: must be a whole number from 1 to 400 (got '{n}') "
+        f"(see moderncnn show mistakes --help)"]
 
 
 def test_show_has_help_for_each_picture(capsys):

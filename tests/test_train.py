@@ -465,8 +465,24 @@ def test_resume_can_extend_a_finished_constant_lr_run(data8, tmp_path):
     fit(tiny(), "book", tmp_path / "run", **{**kw, "epochs": 1})
     again = fit(tiny(), "book", tmp_path / "run", resume=True, **{**kw, "epochs": 1})
     assert len(again.history) == 1, "a finished run is not trained again"
-    more = fit(tiny(), "book", tmp_path / "run", resume=True, **{**kw, "epochs": 2})
-    assert [h["epoch"] for h in more.history] == [1, 2]
+    more = fit(tiny(), "book", tmp_path / "run", resume=True, **{**kw, "epochs": 3})
+    assert [h["epoch"] for h in more.history] == [1, 2, 3]
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (meta["recipe"]["epochs"], meta["epochs_done"]) == (3, 3)
+    assert [(e["from_epochs"], e["to_epochs"]) for e in meta["extended"]] == [(1, 3)]
+    # left out, --epochs is the run's own: the recipe's default (10) would rewrite it as "3 of 10"
+    fit(tiny(), "book", tmp_path / "run", resume=True, **{k: v for k, v in kw.items() if k != "epochs"})
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["recipe"]["epochs"] == 3
+
+
+@pytest.mark.parametrize("recipe", ["book", "modern"])
+def test_a_resume_never_shortens_a_run(data8, tmp_path, recipe):
+    kw = dict(train_data=data8[0], test_data=data8[1], **{**FAST, "batch_size": 16})
+    fit(tiny(), recipe, tmp_path / "run", **{**kw, "epochs": 3})
+    before = (tmp_path / "run" / "run.json").read_text()
+    with pytest.raises(ValueError, match=r"already trained 3 epochs, more than --epochs 2; .*leave --epochs out"):
+        fit(tiny(), recipe, tmp_path / "run", resume=True, **{**kw, "epochs": 2})
+    assert (tmp_path / "run" / "run.json").read_text() == before
 
 
 def test_damaged_state_is_a_one_line_error_and_the_weights_stay(data8, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -189,12 +189,14 @@ def confusion_figure(result: dict[str, Any], title: str = "", normalize: bool = 
     return fig
 
 
-def load_images(paths: Sequence[str | Path], channels: int, size: int) -> torch.Tensor:
+def load_images(paths: Sequence[str | Path], channels: int, size: int,
+                on_error: Callable[[Path, Exception], None] | None = None) -> torch.Tensor:
     """Read image files as one uint8 batch (N, channels, size, size): grey or RGB, resized to a square.
 
     Any format and colour mode Pillow reads is accepted, read exactly as training reads a folder of images
     (:func:`moderncnn.data.images.read_square`: a pixel limit, 16-bit and palette images scaled, Pillow's
-    bilinear resize); a missing file or one that is not an image is a one-line error naming it.
+    bilinear resize); a missing file or one that is not an image is a one-line error naming it, or, given
+    ``on_error(path, error)``, reported there and left out of the batch.
     """
     from .data.images import read_square
 
@@ -202,20 +204,27 @@ def load_images(paths: Sequence[str | Path], channels: int, size: int) -> torch.
         raise ValueError(f"images can be read for 1- or 3-channel models, not {channels}-channel ones")
     batch = []
     for p in map(Path, paths):
-        if not p.exists():
-            raise FileNotFoundError(f"no such image file: {p}")
-        pixels = torch.from_numpy(read_square(p, channels == 1, size).copy())
+        try:
+            if not p.exists():
+                raise FileNotFoundError(f"no such image file: {p}")
+            pixels = torch.from_numpy(read_square(p, channels == 1, size).copy())
+        except (OSError, ValueError) as e:
+            if on_error is None:
+                raise
+            on_error(p, e)
+            continue
         batch.append(pixels.view(size, size, channels).permute(2, 0, 1))
-    return torch.stack(batch)
+    return torch.stack(batch) if batch else torch.empty(0, channels, size, size, dtype=torch.uint8)
 
 
-def read_images(paths: Sequence[str | Path], channels: int, size: int, native: int | None = None) -> torch.Tensor:
+def read_images(paths: Sequence[str | Path], channels: int, size: int, native: int | None = None,
+                on_error: Callable[[Path, Exception], None] | None = None) -> torch.Tensor:
     """Image files as a float batch in [0, 1] at ``size``, prepared as the run prepared its data: read at the
     data set's ``native`` side (as its images were stored), then resized as the loader resizes a batch. A
     photo predicted by a Fashion-MNIST AlexNet is thus first made 28x28, then enlarged to 224 as in training."""
     from .data import resize_batch
 
-    return resize_batch(load_images(paths, channels, native or size).float() / 255, size)
+    return resize_batch(load_images(paths, channels, native or size, on_error).float() / 255, size)
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -245,7 +254,8 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 def predict(model: nn.Module | str | Path, images: torch.Tensor | Sequence[str | Path],
             classes: Sequence[str] | None = None, topk: int = 3, *, size: int | None = None,
             normalize: Normalize | None = None, device: str | torch.device | None = None,
-            batch_size: int = 256) -> list[list[tuple[str, float]]]:
+            batch_size: int = 256,
+            on_error: Callable[[Path, Exception], None] | None = None) -> list[list[tuple[str, float]] | None]:
     """Top-k ``(class, probability)`` for each image.
 
     ``model``: a model, or a run directory (or its ``model.safetensors``) to load. ``images``: file paths
@@ -253,7 +263,9 @@ def predict(model: nn.Module | str | Path, images: torch.Tensor | Sequence[str |
     prepared as the model's ``preprocessing`` says (a trained or loaded model has it: its size, normalisation
     and class names), else resized to ``size`` (default: the model's ``default_image_size``) and normalised
     with ``normalize=(mean, std)``; ``classes`` default to the preprocessing's, else the class indices as
-    strings. Files are read ``batch_size`` at a time, so a folder of any size fits in memory.
+    strings. Files are read ``batch_size`` at a time, so a folder of any size fits in memory. A file that
+    cannot be read is an error; given ``on_error(path, error)``, it is reported there, its entry is None and
+    the other files are predicted.
     """
     if isinstance(model, (str, Path)):
         from .checkpoint import load_checkpoint
@@ -276,21 +288,33 @@ def predict(model: nn.Module | str | Path, images: torch.Tensor | Sequence[str |
     channels = prep.channels if prep is not None else getattr(model, "in_channels", 3)
     names = list(classes) if classes else None
     model.eval()
-    results: list[list[tuple[str, float]]] = []
+    results: list[list[tuple[str, float]] | None] = []
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]
         if isinstance(chunk, torch.Tensor):
             x = chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk.float()
-            if size:
-                x = resize_batch(x, size)
-        else:
-            x = read_images(chunk, channels, size, native)
-        if normalize is not None:
-            mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in normalize)
-            x = (x - mean) / std
-        probs = model(x.to(device)).float().softmax(1)
-        top = probs.topk(min(topk, probs.shape[1]), dim=1)
-        names = names or [str(c) for c in range(probs.shape[1])]
-        values, indices = top.values.cpu(), top.indices.cpu()
-        results += [[(names[int(c)], float(p)) for p, c in zip(ps, idx)] for ps, idx in zip(values, indices)]
+            results += _top(model, resize_batch(x, size) if size else x, normalize, device, topk, names)
+            continue
+        unread: set[Path] = set()
+
+        def skip(path: Path, error: Exception) -> None:
+            unread.add(path)
+            on_error(path, error)
+
+        x = read_images(chunk, channels, size, native, skip if on_error is not None else None)
+        tops = iter(_top(model, x, normalize, device, topk, names) if len(x) else [])
+        results += [None if Path(p) in unread else next(tops) for p in chunk]
     return results
+
+
+def _top(model: nn.Module, x: torch.Tensor, normalize: Normalize | None, device: torch.device, topk: int,
+         names: list[str] | None) -> list[list[tuple[str, float]]]:
+    """Top-k (class, probability) of a float batch in [0, 1], normalised as the run was."""
+    if normalize is not None:
+        mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in normalize)
+        x = (x - mean) / std
+    probs = model(x.to(device)).float().softmax(1)
+    top = probs.topk(min(topk, probs.shape[1]), dim=1)
+    names = names or [str(c) for c in range(probs.shape[1])]
+    values, indices = top.values.cpu(), top.indices.cpu()
+    return [[(names[int(c)], float(p)) for p, c in zip(ps, idx)] for ps, idx in zip(values, indices)]

@@ -69,7 +69,7 @@ class ExportResult:
     seconds: float
     checked_with: str  # the runtime that ran the exported program
     fallback_reason: str | None = None  # why the dynamo exporter was not used
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         how = self.exporter + (f" exporter, opset {self.metadata['opset']}" if self.format == "onnx" else "")
@@ -137,7 +137,8 @@ def check_images(n: int, size: tuple[int, int, int], normalize=None, offset: int
 
 
 def _metadata(model: nn.Module, meta: dict[str, Any] | None, size: tuple[int, int, int],
-              batch: str | int) -> dict[str, str]:
+              batch: str | int) -> dict[str, Any]:
+    """What the file says of itself, as JSON values: :func:`read_metadata` gives them back as they are."""
     from . import __version__
 
     prep = getattr(model, "preprocessing", None)
@@ -146,7 +147,7 @@ def _metadata(model: nn.Module, meta: dict[str, Any] | None, size: tuple[int, in
         {"mean": list(prep.normalize[0]), "std": list(prep.normalize[1])}
     return {
         "model": getattr(model, "model_name", type(model).__name__),
-        "model_kwargs": json.dumps(run.get("model_kwargs", {})),
+        "model_kwargs": run.get("model_kwargs", {}),
         "input": "x".join(map(str, size)),
         "input_name": _INPUT,
         "output_name": _OUTPUT,
@@ -154,13 +155,14 @@ def _metadata(model: nn.Module, meta: dict[str, Any] | None, size: tuple[int, in
                         + ("" if prep is None or prep.native in (None, size[-1]) else
                            f"; an image file is first resized to {prep.native}x{prep.native}, as the training "
                            f"set's images were stored, then to the input size"),
-        "batch": str(batch),
-        "normalize": json.dumps(normalize),
-        "resize": json.dumps(None if prep is None else prep.resize),
-        "native_size": json.dumps(None if prep is None else prep.native),
-        "classes": json.dumps(list(prep.classes) if prep is not None else []),
-        "recipe": json.dumps(run.get("recipe")),
-        "run": json.dumps({"dir": run.get("run_dir"), "epoch": run.get("epoch")} if meta else None),
+        "batch": batch,
+        "normalize": normalize,
+        "resize": None if prep is None else prep.resize,
+        "native_size": None if prep is None else prep.native,
+        "classes": list(prep.classes) if prep is not None else [],
+        "recipe": run.get("recipe"),
+        "run": {"dir": str(run["run_dir"]) if run.get("run_dir") else None, "epoch": run.get("epoch")}
+        if meta else None,
         "moderncnn": __version__,
         "torch": torch.__version__,
     }
@@ -220,7 +222,7 @@ def _export_onnx(model, x, batches, dynamic, opset, tolerance, metadata, exporte
     import onnxruntime as ort
 
     def check(proto) -> tuple[bytes, float, float]:
-        onnx.helper.set_model_props(proto, metadata)
+        onnx.helper.set_model_props(proto, _as_props(metadata))
         data = proto.SerializeToString()
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -238,7 +240,7 @@ def _export_onnx(model, x, batches, dynamic, opset, tolerance, metadata, exporte
         try:
             proto = _quiet(lambda: build(model, x, dynamic, opset))
             opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
-            metadata.update(exporter=name, opset=str(opset_used))
+            metadata.update(exporter=name, opset=int(opset_used))
             data, worst, allowed = check(proto)
         except ExportError as e:
             failures.append(f"{name}: {e}")
@@ -355,8 +357,37 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata :func:`export` put in an ONNX file (its metadata properties) or a ``.pt2`` archive."""
+# The properties an export before "json_keys" wrote as JSON text.
+_JSON_BEFORE = ("model_kwargs", "normalize", "resize", "native_size", "classes", "recipe", "run")
+
+
+def _as_props(metadata: dict[str, Any]) -> dict[str, str]:
+    """ONNX metadata properties are strings by format: a value that is not one is stored as JSON, and
+    ``json_keys`` says which, so that a string that looks like JSON is never mistaken for it."""
+    encoded = [k for k, v in metadata.items() if not isinstance(v, str)]
+    props = {k: json.dumps(v) if k in encoded else v for k, v in metadata.items()}
+    return {**props, "json_keys": json.dumps(encoded)}
+
+
+def _from_props(props: dict[str, str]) -> dict[str, Any]:
+    """:func:`_as_props` undone."""
+    props = dict(props)
+    try:
+        encoded = json.loads(props.pop("json_keys"))
+    except (KeyError, ValueError):
+        encoded = _JSON_BEFORE
+    decoded: dict[str, Any] = {}
+    for key, value in props.items():
+        try:
+            decoded[key] = json.loads(value) if key in encoded else value
+        except ValueError:  # a file edited by hand: its text as it is
+            decoded[key] = value
+    return decoded
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata :func:`export` put in an ONNX file (its metadata properties) or a ``.pt2`` archive, as
+    values: ``read_metadata(path)["classes"][6]`` is a class name (ONNX stores them as JSON strings)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such exported file: {path}")
@@ -365,7 +396,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         import onnx
 
         proto = onnx.load(str(path), load_external_data=False)
-        return {p.key: p.value for p in proto.metadata_props}
+        return _from_props({p.key: p.value for p in proto.metadata_props})
     extra = {"moderncnn.json": ""}
     try:
         torch.export.load(str(path), extra_files=extra)

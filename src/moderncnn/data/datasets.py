@@ -76,9 +76,12 @@ def load_dataset(name: str, split: str = "train", *, root: str | Path | None = N
 
     name: one of :data:`DATASETS`, or a folder of images with one sub-folder per class (see
     :func:`moderncnn.data.folder.load_image_folder`; ``image_size`` applies only there, default 64).
-    Named sets are searched in ``root``, ``$MODERNCNN_DATA``, then :func:`default_data_dir`; if missing and
-    ``download``, downloaded into the cache with canonical checksums; Fashion-MNIST only: if that fails too
-    and ``allow_sample``, the embedded sample is returned (``is_sample=True``) after a notice on stderr.
+    A named set given a ``root`` is looked for there only and, if missing and ``download``, downloaded into
+    it (torchvision's ``root``); anything else is an error that names the files looked for: a folder the user
+    chose never silently becomes other data. Without ``root`` it is searched in ``$MODERNCNN_DATA``, then
+    :func:`default_data_dir`; if missing and ``download``, downloaded into the cache with canonical
+    checksums; Fashion-MNIST only: if that fails too and ``allow_sample``, the embedded sample is returned
+    (``is_sample=True``) after a notice on stderr.
     Note MNIST and Fashion-MNIST use the same file names: keep them in separate folders.
     """
     if split not in _SPLITS:
@@ -93,9 +96,13 @@ def load_dataset(name: str, split: str = "train", *, root: str | Path | None = N
         raise DataError(f"unknown data set {name!r}: use one of {', '.join(DATASETS)} "
                         f"or the path of a folder of images (one sub-folder per class)")
     bases = _search_dirs(root)
+    download_to, advice = default_data_dir(), _HOW_TO_GET
+    if root is not None:
+        download_to, advice = bases[0], (f"put the files in {root} or give the --data-dir that holds them (without "
+                                         f"--data-dir: $MODERNCNN_DATA, the cache, then the download)")
     if key == "cifar10":
-        return _load_cifar10(split, bases, download)
-    return _load_idx_set(key, split, bases, download, allow_sample)
+        return _load_cifar10(split, bases, download, download_to, advice)
+    return _load_idx_set(key, split, bases, download, allow_sample and root is None, download_to, advice)
 
 
 def load_splits(name: str, *, root: str | Path | None = None, download: bool = True, image_size: int | None = None,
@@ -136,15 +143,17 @@ def load_sample(split: str = "train") -> ImageDataset:
 
 
 def _search_dirs(root: str | Path | None) -> list[Path]:
-    dirs = []
+    """Where a named set is looked for: the folder the user gave, alone; else $MODERNCNN_DATA and the cache."""
     for given, what in ((root, "the data directory"), (os.environ.get(ENV_VAR) or None, ENV_VAR)):
         if given is None:
             continue
         path = Path(given).expanduser()
         if not path.is_dir():
             raise DataError(f"{what} {str(given)!r} is not a directory; give an existing directory")
-        dirs.append(path)
-    return dirs + [default_data_dir()]
+        if given is root:
+            return [path]
+        return [path, default_data_dir()]
+    return [default_data_dir()]
 
 
 @contextlib.contextmanager
@@ -228,15 +237,18 @@ def _read_idx_pair(name: str, split: str, pair: tuple[Path, Path], source: str) 
     return _make_idx_dataset(name, split, images, labels, source, files=(str(pair[0]), str(pair[1])))
 
 
-def _load_idx_set(name: str, split: str, bases: list[Path], download: bool, allow_sample: bool) -> ImageDataset:
+def _load_idx_set(name: str, split: str, bases: list[Path], download: bool, allow_sample: bool,
+                  download_to: Path, advice: str = _HOW_TO_GET) -> ImageDataset:
+    looked = []
     for base in bases:
         for folder in (base / name, base / _TORCHVISION_CLASS[name] / "raw", base):
             pair = _find_idx_pair(folder, split)
             if pair:
                 return _read_idx_pair(name, split, pair, str(folder))
+            looked.append(str(folder))
     reason = "download=False" if not download else "the download failed earlier"
     if download and name not in _using_sample:
-        folder = default_data_dir() / name
+        folder = download_to / name
         tv_class = _torchvision_dataset(name)
         wanted = list(tv_class.resources)  # both splits: train and test must come from one source
         try:
@@ -252,7 +264,9 @@ def _load_idx_set(name: str, split: str, bases: list[Path], download: bool, allo
                   f"SAMPLE (3,000 train / 1,000 test images): results are not comparable with the full set. "
                   f"For the full set {_HOW_TO_GET}.", file=sys.stderr, flush=True)
         return load_sample(split)
-    raise DataError(f"{name} {split} split not found in {searched} ({reason}); {_HOW_TO_GET}")
+    wanted = " and ".join(f"{stem}[.gz]" for stem in _IDX_FILES[split])
+    raise DataError(f"{name} {split} split not found: looked for {wanted} in {', '.join(looked)} ({reason[:200]}); "
+                    f"{advice}")
 
 
 # -- CIFAR-10: torchvision's python pickle batches ---------------------------------------------------------
@@ -328,7 +342,8 @@ def _download_cifar10(folder: Path) -> Path:
     return folder / cifar.base_folder
 
 
-def _load_cifar10(split: str, bases: list[Path], download: bool) -> ImageDataset:
+def _load_cifar10(split: str, bases: list[Path], download: bool, download_to: Path,
+                  advice: str = _HOW_TO_GET) -> ImageDataset:
     for base in bases:
         folder = _find_cifar(base, split)
         if folder:
@@ -336,8 +351,10 @@ def _load_cifar10(split: str, bases: list[Path], download: bool) -> ImageDataset
     reason = "download=False"
     if download:
         try:
-            folder = _download_cifar10(default_data_dir() / "cifar10")
+            folder = _download_cifar10(download_to / "cifar10")
             return _read_cifar(folder, split, f"downloaded to {folder}")
         except _DownloadFailed as e:
             reason = f"download failed: {e}"
-    raise DataError(f"cifar10 {split} split not found in {', '.join(map(str, bases))} ({reason}); {_HOW_TO_GET}")
+    wanted = ", ".join(_cifar_files(split) + ["batches.meta"])
+    raise DataError(f"cifar10 {split} split not found: looked for {wanted} (cifar-10-batches-py) in "
+                    f"{', '.join(map(str, bases))} ({reason[:200]}); {advice}")

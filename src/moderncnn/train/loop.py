@@ -8,6 +8,7 @@ steps.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -30,14 +31,20 @@ __all__ = ["Loop", "Diverged", "prepare_loop", "train_epoch", "rng_state", "set_
 CHECK_EVERY = 25
 #: Points per epoch on the curves, as the book's animator draws them (two host syncs each).
 POINTS_PER_EPOCH = 5
+#: A mean loss this many times a uniform guess's (ln classes) has exploded, finite or not: no run that learns
+#: gets there (the first steps of a fresh net sit near 1x), and one that does ends at chance (the modern
+#: recipe at lr 1e4: loss 4.8e8, test acc 0.100).
+EXPLODED = 10
 
 
 class Diverged(ValueError):
-    """The loss became NaN or infinite: the weights are lost, and the run must stop."""
+    """The loss became NaN or infinite, or exploded (:data:`EXPLODED`): the run must stop."""
 
-    def __init__(self, epoch: int, step: int, value: float, advice: str = ""):
-        super().__init__(f"the loss became {value} in epoch {epoch}, step {step}" + (f"; {advice}" if advice else ""))
-        self.epoch, self.step, self.value = epoch, step, value
+    def __init__(self, epoch: int, step: int, value: float, advice: str = "", limit: float | None = None):
+        what = f"became {value}" if limit is None else f"exploded to {value:.3g} (over {limit:.3g}, {EXPLODED}x a " \
+                                                         f"uniform guess's)"
+        super().__init__(f"the loss {what} in epoch {epoch}, step {step}" + (f"; {advice}" if advice else ""))
+        self.epoch, self.step, self.value, self.limit = epoch, step, value, limit
 
 
 @dataclass
@@ -128,6 +135,8 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
             _check_finite(world, loss_sum, epoch + 1, i)
         if i in marks:
             points.append([epoch + i / steps, loss_sum.item() / seen, correct.item() / seen])
+            if not world.distributed:  # one rank alone must not stop: the epoch's end checks the sum over all
+                _check_not_exploded(points[-1][1], len(loop.classes), epoch + 1, i)
             if on_point is not None:
                 t = time.perf_counter()
                 on_point({"epoch": epoch + 1, "epochs": epochs, "points": list(points)})
@@ -136,6 +145,8 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
         loss_sum, correct, total = all_sum(world, loss_sum, correct, torch.tensor(seen, device=device))
         seen = int(total)
     _check_finite(world, loss_sum, epoch + 1, len(loop.train_loader))
+    if seen:
+        _check_not_exploded(loss_sum.item() / seen, len(loop.classes), epoch + 1, len(loop.train_loader))
     train_seconds = time.perf_counter() - t0 - paused
     if seen == 0:
         raise ValueError("the training set is empty: check --subset and the data directory")
@@ -152,6 +163,12 @@ def _check_finite(world: World, loss_sum: torch.Tensor, epoch: int, step: int) -
     value = all_sum(world, loss_sum)[0] if world.distributed else loss_sum
     if not torch.isfinite(value):
         raise Diverged(epoch, step, float(value))
+
+
+def _check_not_exploded(mean_loss: float, classes: int, epoch: int, step: int) -> None:
+    limit = EXPLODED * math.log(max(classes, 2))
+    if mean_loss > limit:
+        raise Diverged(epoch, step, mean_loss, limit=limit)
 
 
 def test_accuracy(loop: Loop, world: World, device: torch.device) -> float:

@@ -59,6 +59,11 @@ def check_resumable(previous: dict[str, Any], here: dict[str, Any], where: Any) 
     """A one-line error unless ``here`` (this command's run.json) continues the run ``previous`` describes."""
     theirs = previous.get("recipe") if isinstance(previous.get("recipe"), dict) else {}
     ours = here["recipe"]
+    done = previous.get("epochs_done")
+    if isinstance(done, int) and ours["epochs"] < done:  # run.json would say "3 of 2 epochs"
+        raise ValueError(f"{where} has already trained {done} epochs, more than --epochs {ours['epochs']}; a resume "
+                         f"never shortens a run: leave --epochs out (or give {done} or more), or pass --overwrite, "
+                         f"or choose another --out")
     free = _RESUME_FREE + (("epochs",) if ours.get("schedule") == "constant" else ())
     diffs = [(k, theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours))
              if k not in free and theirs.get(k) != ours.get(k)]

@@ -126,26 +126,54 @@ def describe_pretrained(report: dict[str, Any], model: torch.nn.Module) -> str:
     return f"starting from {report['source']}: " + "; ".join(notes)
 
 
-#: How far the test accuracy of a run's last epochs may spread before the closing lines say so.
+#: How far the test accuracy of a run's last epochs may fall back before the closing lines say it swings.
 SWING = 0.03
+#: A final test accuracy below this many times chance (1 / classes) is "at chance": nothing was learned.
+AT_CHANCE = 1.5
 
 
 def closing_notes(is_sample: bool, train_size: int, init_from: Any, recipe: Recipe,
-                  history: list[dict[str, Any]] = ()) -> list[str]:
+                  history: list[dict[str, Any]] = (), classes: int = 0) -> list[str]:
     notes = []
     last = [h["test_acc"] for h in history[-3:] if h.get("test_acc") is not None]
-    if recipe.book in BOOK_FIGURES and len(last) == 3 and max(last) - min(last) > SWING:
+    fall = max((a - b for i, a in enumerate(last) for b in last[i + 1:]), default=0.0)
+    if recipe.book in BOOK_FIGURES and len(last) == 3 and fall > SWING:
         # At the book's lr (1.0 for the BN LeNets) one epoch's test accuracy is a noisy draw, in the book's own
-        # code too (docs/benchmarks.md): a reader comparing one figure with the book's should know it.
+        # code too (docs/benchmarks.md): a reader comparing one figure with the book's should know it. A run
+        # that only climbs (0.262, 0.604, 0.721) is still learning, not swinging.
         notes.append(f"(test acc over the last 3 epochs: {', '.join(f'{a:.3f}' for a in last)}: at this lr it "
                      "swings from epoch to epoch, in the book's own code too; compare means over seeds, as "
                      "benchmarks/parity.py does)")
+    chance = at_chance(history, classes, is_sample, train_size, recipe)
+    if chance:
+        notes.append(chance)
     if is_sample:
         notes.append(f"(trained on the embedded sample of {train_size:,} images, not the full set: not comparable "
-                     "with the book's figures; see the notice above for the full set)")
+                     "with the book's figures; for the full set pass --data-dir DIR (fit(data_dir=...)) or "
+                     "connect to the internet once)")
     if init_from and recipe.book in BOOK_FIGURES:
         notes.append(f"(started from the weights in {init_from['source']}, not from scratch as the book's run)")
     return notes
+
+
+def at_chance(history: list[dict[str, Any]], classes: int, is_sample: bool, train_size: int,
+              recipe: Recipe) -> str | None:
+    """A note, with the likely cause, when the run ends no better than guessing; else None."""
+    if not history or classes < 2 or history[-1].get("test_acc") is None:
+        return None
+    acc = history[-1]["test_acc"]
+    if acc >= AT_CHANCE / classes:
+        return None
+    steps = sum(math.ceil(h.get("examples", 0) / recipe.batch_size) for h in history)
+    uniform = math.log(classes)
+    stuck = history[-1].get("loss") is not None and history[-1]["loss"] > 0.95 * uniform
+    cause = (f"its loss stayed at a uniform guess's ({uniform:.2f})" if stuck else "it learned nothing that holds "
+             "on the test set")
+    advice = (f"the {train_size:,}-image sample gave it {steps:,} steps in all, too few for {recipe.model or 'it'} "
+              f"with the {recipe.name} recipe: train on the full set (--data-dir), or try --recipe modern"
+              if is_sample else f"lr {recipe.lr} may not suit {recipe.model or 'this model'}: try --recipe modern or "
+              f"another --lr, or more epochs")
+    return f"(test acc {acc:.3f} is chance for {classes} classes: {cause}; likely {advice})"
 
 
 def say(line: str, quiet: bool) -> None:

@@ -135,6 +135,7 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
                    run: RunDir | None, resuming: bool) -> TrainResult:
     quiet = options.quiet or not world.main
     previous = run.read_meta() if resuming else None
+    recipe = _resumed_length(options, recipe, previous)
     train, test = _load_data(options, recipe, world, previous)
     model, recipe, pretrained = _prepare_model(options, recipe, train, resuming)
     start = weights_sha256(model)  # before any step: initial_model() proves its rebuild against it
@@ -149,6 +150,7 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
         check_resumable(previous, meta, run.dir)
         meta.update(start_time=previous.get("start_time"), resumed_at=meta["start_time"],
                     init_from=previous.get("init_from"), init_sha256=previous.get("init_sha256"))
+        _record_extension(meta, previous)
     loop = prepare_loop(model, recipe, train, test, normalize, plan, device, world, options.seed)
     meta["data"].update(train_used=loop.train_loader.num_examples, test_used=loop.test_loader.num_examples)
     history = _restore(run, loop, device) if resuming else []
@@ -166,6 +168,27 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
     _train_epochs(options, world, device, recipe, loop, writes, meta, history, quiet)
     model.preprocessing = Preprocessing.from_meta(meta)
     return _result(world, device, recipe, loop, run, meta, history, train)
+
+
+def _resumed_length(options: TrainOptions, recipe: Recipe, previous: dict[str, Any] | None) -> Recipe:
+    """A resumed run keeps the length it was started with, unless --epochs asks for another (which
+    :func:`~moderncnn.train.metadata.check_resumable` allows only as a longer constant schedule)."""
+    if previous is None or "epochs" in options.overrides or isinstance(options.recipe, Recipe):
+        return recipe
+    theirs = previous.get("recipe", {}).get("epochs") if isinstance(previous.get("recipe"), dict) else None
+    if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs >= 1:
+        return recipe.replace(epochs=theirs)
+    return recipe
+
+
+def _record_extension(meta: dict[str, Any], previous: dict[str, Any]) -> None:
+    """run.json keeps every change of a run's length: what it was started as stays on record."""
+    extended = previous.get("extended") if isinstance(previous.get("extended"), list) else []
+    theirs = previous.get("recipe", {}).get("epochs") if isinstance(previous.get("recipe"), dict) else None
+    if isinstance(theirs, int) and theirs != meta["recipe"]["epochs"]:
+        extended = [*extended, {"from_epochs": theirs, "to_epochs": meta["recipe"]["epochs"], "at": meta["resumed_at"]}]
+    if extended:
+        meta["extended"] = extended
 
 
 def _load_data(options: TrainOptions, recipe: Recipe, world: World,
@@ -335,7 +358,8 @@ def _train_epochs(options: TrainOptions, world: World, device: torch.device, rec
         _stop(writes, meta, "diverged")
         kept = _kept(writes, history, "is kept")
         raise Diverged(e.epoch, e.step, e.value, f"lr {recipe.lr} is too high for {options.name}: train again "
-                       f"with a lower --lr, e.g. {recipe.lr / 10:g}" + (f" ({kept})" if kept else "")) from None
+                       f"with a lower --lr, e.g. {recipe.lr / 10:g}" + (f" ({kept})" if kept else ""),
+                       limit=e.limit) from None
     except KeyboardInterrupt:
         _stop(writes, meta, "interrupted")
         if writes is not None:
@@ -392,7 +416,8 @@ def _result(world: World, device: torch.device, recipe: Recipe, loop: Loop, run:
         paths = {"run_json": run.run_json, "weights": run.weights, "metrics": run.metrics, "curves": run.curves}
     if history and world.main:
         print(report.format_final(final, recipe))
-        for note in report.closing_notes(train.is_sample, len(train), meta.get("init_from"), recipe, history):
+        for note in report.closing_notes(train.is_sample, len(train), meta.get("init_from"), recipe, history,
+                                         classes=len(train.classes)):
             print(note)
     return TrainResult(model=loop.model, recipe=recipe, history=history, final=final, device=device,
                        run_dir=run.dir if run else None, paths=paths, metadata=meta)
