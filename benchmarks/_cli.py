@@ -3,11 +3,26 @@ stack trace would bury the fix."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Callable
 
 from moderncnn import get_model_builder
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"  # the project's shared copy
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``, the project's shared copy of Fashion-MNIST unless given."""
+    parser.add_argument("--data-dir", default=str(DATA_DIR), metavar="DIR",
+                        help="a folder with Fashion-MNIST's .gz files (default: %(default)s)")
+
+
+def add_result_options(parser: argparse.ArgumentParser) -> None:
+    """``--machine`` and ``--json``: where ``_results.write`` puts the results."""
+    parser.add_argument("--machine", metavar="NAME", help="the results folder's name (default: from the device's name)")
+    parser.add_argument("--json", metavar="FILE", help="write the results here instead of docs/results/<machine>/")
 
 
 def model_names(text: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Training throughput of every book recipe: moderncnn against the book's own pipeline.
+r"""Training throughput of every book recipe: moderncnn against the book's own pipeline.
 
 Both sides train the same model (the book's form, Xavier init, plain SGD at the
 recipe's lr and batch size) on the full Fashion-MNIST training set, resized to
@@ -11,6 +11,8 @@ the CPU both pipelines run with the malloc setting of ``moderncnn train``
 have it, so the speed-up is if anything understated (``--malloc-defaults``: neither).
 Reference: ``reference_pipeline.py`` (torchvision FashionMNIST + Resize +
 ToTensor, DataLoader(num_workers=4), fp32, a host sync per batch). Examples/sec are end to end (data loading included).
+Prints a Markdown table (the median of --repeats alternating runs) and writes the runs as JSON
+(``docs/results/<machine>/throughput-<date>.json`` unless ``--json``).
 
     python benchmarks/bench_throughput.py --data-dir ../shared/data/fashion-mnist [--device cuda] \
         [--batches 20] [--models lenet,alexnet] [--speed OPTION=off] [--machine NAME] [--json out.json]
@@ -39,7 +41,7 @@ from moderncnn.evaluate import select_device  # noqa: E402
 from moderncnn.recipes import BOOK_RECIPES, get_recipe  # noqa: E402
 from moderncnn.train import (COMPILE_MODES, build_loss, build_optimizer, compiled, init_weights,  # noqa: E402
                              make_train_step, plan_speed)
-from _cli import model_names  # noqa: E402
+from _cli import add_data_dir, add_result_options, model_names  # noqa: E402
 from _results import write  # noqa: E402
 from reference_pipeline import book_init, book_loader, endless, time_book_steps, torchvision_root  # noqa: E402
 
@@ -91,17 +93,22 @@ def time_moderncnn(name: str, data, device: torch.device, batches: int, warmup: 
     return batches * loader.batch_size / (time.perf_counter() - start), start - begin, settings
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"))
-    p.add_argument("--device", default=None)
-    p.add_argument("--batches", type=int, default=20, help="timed batches per model and pipeline")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3, help="alternating measurements per pipeline; the median is shown")
-    p.add_argument("--models", default=",".join(BOOK_RECIPES), help="comma-separated book-recipe models")
-    p.add_argument("--small-factor", type=int, default=10,
-                   help="the 28-pixel recipes (milliseconds a step) run this many times --batches")
-    p.add_argument("--workers", type=int, default=4, help="the reference DataLoader's workers (the book: 4)")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_dir(p)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    p.add_argument("--batches", type=int, default=20, metavar="N",
+                   help="timed batches per model and pipeline (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, metavar="N",
+                   help="untimed batches before the timed ones, per run (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="alternating measurements per pipeline; the median is shown (default %(default)s)")
+    p.add_argument("--models", default=",".join(BOOK_RECIPES),
+                   help="comma-separated book-recipe models (default: every one)")
+    p.add_argument("--small-factor", type=int, default=10, metavar="K",
+                   help="the 28-pixel recipes (milliseconds a step) run K times --batches (default %(default)s)")
+    p.add_argument("--workers", type=int, default=4, metavar="N",
+                   help="the reference DataLoader's workers (the book: 4; default %(default)s)")
     p.add_argument("--compile", action="store_true", help="also time moderncnn with torch.compile")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile's mode; implies --compile")
     p.add_argument("--speed", type=parse_speed, action="append", metavar="OPTION=on|off",
@@ -109,9 +116,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--malloc-defaults", action="store_true",
                    help="leave glibc's malloc as it is for both pipelines, as the book's own process runs (default: "
                         "both with the setting 'moderncnn train' makes on a CPU, moderncnn.cpumem)")
-    p.add_argument("--skip-reference", action="store_true")
-    p.add_argument("--machine", help="the results folder's name (default: from the device's name)")
-    p.add_argument("--json", default=None, help="write the results here instead of docs/results/<machine>/")
+    p.add_argument("--skip-reference", action="store_true",
+                   help="time moderncnn only, not the book's pipeline (its columns then read nan)")
+    add_result_options(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     compile_mode = args.compile_mode or ("default" if args.compile else None)
     args.models = model_names(args.models)

@@ -1,4 +1,4 @@
-"""The book's chapter-7 experiments over several seeds: mean and spread, beside the book's figures.
+r"""The book's chapter-7 experiments over several seeds: mean and spread, beside the book's figures.
 
     python benchmarks/book_experiments.py --data-dir DIR --seeds 0,1,2 [--models lenet,alexnet] \
         [--device cuda] [--recipe book] [--out runs/book] [--markdown docs/out.md] [--compile-mode MODE] \
@@ -6,8 +6,9 @@
 
 Each (model, seed) is one ``moderncnn.fit`` run with its own run directory
 under ``--out`` (an existing finished run is read back, not trained again, so
-an interrupted sweep continues where it stopped). The table gives test accuracy
-mean +- standard deviation and min-max over seeds, and the median examples/sec.
+an interrupted sweep continues where it stopped). The table, printed row by row
+(``--markdown FILE``: also written there), gives test accuracy mean +- standard
+deviation and min-max over seeds, and the median examples/sec.
 
 For a borrowed machine whose calls are cut off (the lent GPU: 10 minutes a
 call): ``--time-budget S`` starts no new run after S seconds and tabulates what
@@ -57,24 +58,37 @@ def run_one(model: str, seed: int, args: argparse.Namespace, overrides: dict, de
     return final
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--models", default=",".join(BOOK_RECIPES))
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--recipe", default="book", choices=("book", "modern"))
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default="runs/book-experiments")
-    p.add_argument("--markdown", default=None, help="also write the table to this file")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--subset", type=int)
-    p.add_argument("--test-subset", type=int, help="test on this many test images (a class-balanced sample)")
-    p.add_argument("--resize", type=int, help="train at this size instead of the recipe's (the model must accept it)")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True, metavar="DIR",
+                   help="a folder with Fashion-MNIST's .gz files (nothing is downloaded)")
+    p.add_argument("--models", default=",".join(BOOK_RECIPES),
+                   help="comma-separated models (default: every model with a book recipe)")
+    p.add_argument("--seeds", default="0,1,2",
+                   help="comma-separated seeds, one run each per model (default %(default)s)")
+    p.add_argument("--recipe", default="book", choices=("book", "modern"),
+                   help="the recipe every run trains with (default %(default)s)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    p.add_argument("--out", default="runs/book-experiments", metavar="DIR",
+                   help="where the run directories go, MODEL-RECIPE-seedN each (default %(default)s)")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="also write the table to this file")
+    p.add_argument("--epochs", type=int, metavar="N", help="train N epochs instead of the recipe's")
+    p.add_argument("--subset", type=int, metavar="N",
+                   help="train on N training images only (a fixed, class-balanced sample)")
+    p.add_argument("--test-subset", type=int, metavar="N",
+                   help="test on this many test images (a class-balanced sample)")
+    p.add_argument("--resize", type=int, metavar="PIXELS",
+                   help="train at this size instead of the recipe's (the model must accept it)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, help="torch.compile every run in this mode")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
                    help="start no new run after S seconds (finished runs are still tabulated)")
     p.add_argument("--export", metavar="DIR", help="copy every finished run's run.json, metrics.jsonl and curves.png "
                                                    "here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     args.models = model_names(args.models)
     deadline = time.monotonic() + (args.time_budget if args.time_budget is not None else float("inf"))

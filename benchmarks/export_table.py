@@ -54,11 +54,19 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=model_names, default=None,
+                        help="comma-separated models (default: every registered model)")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help="comma-separated: onnx, pt2 or both (default %(default)s)")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="write the results here (default: docs/results/MACHINE/)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=model_names, default=None, help="comma-separated (default: all)")
-    parser.add_argument("--formats", default=",".join(FORMATS), help="onnx, pt2 or both (default)")
-    parser.add_argument("--json", default=None, help="write the results here (default: docs/results/MACHINE/)")
+    parser = build_parser()
     args = parser.parse_args(argv)
     formats = args.formats.split(",")
     if not set(formats) <= set(FORMATS):

@@ -2,7 +2,8 @@
 
 The sample is the first 300 training and the first 100 test images of each class, in file order, of a full
 copy of Fashion-MNIST (the project used the shuffled copy in ../shared/data/fashion-mnist), written as IDX
-.gz files with the standard names (gzip level 9, no file name, mtime 0).
+.gz files with the standard names (gzip level 9, no file name, mtime 0). Prints each file's MD5, its number
+of examples and its size.
 
     python benchmarks/make_fashion_sample.py [--source DIR] [--out DIR]
 """
@@ -29,11 +30,18 @@ def first_per_class(labels: torch.Tensor, per_class: int) -> torch.Tensor:
     return keep.sort().values
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "data" / "fashion-mnist")
-    parser.add_argument("--out", type=Path, default=REPO / "src" / "moderncnn" / "data" / "sample")
-    args = parser.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "data" / "fashion-mnist",
+                        metavar="DIR", help="a full copy of Fashion-MNIST's .gz files (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=REPO / "src" / "moderncnn" / "data" / "sample", metavar="DIR",
+                        help="an existing folder to write the sample's four files to, replacing them (default: "
+                             "%(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     for split, per_class in PER_CLASS.items():
         data = load_dataset("fashion-mnist", split, root=args.source, download=False, allow_sample=False)
         keep = first_per_class(data.labels, per_class)

@@ -1,14 +1,23 @@
 """Write docs/models.md: every registered model's parameters and multiply-adds at its default input size.
 
+Prints the page (a Markdown table, one row per model: form, input, classes, parameters, MACs) on stdout.
+
     python benchmarks/model_table.py > docs/models.md
 """
 
 from __future__ import annotations
 
+import argparse
+
 import moderncnn
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def main(argv: list[str] | None = None) -> None:
+    build_parser().parse_args(argv)  # no options: only --help, and a one-line error for anything else
     print("# The model zoo\n")
     print("Every registered model at its default input size (`moderncnn summary NAME` gives the layer table).")
     print("MACs are multiply-adds of convolutions and linear layers counted by `torch.utils.flop_counter`")

@@ -29,10 +29,10 @@ import tempfile
 from pathlib import Path
 
 from moderncnn.evaluate import select_device
-from _cli import model_names
+from _cli import add_result_options, model_names
 from _results import write
 from reference_pipeline import torchvision_root
-from whole_runs import LENETS, command, run_once
+from whole_runs import add_run_options, command, run_once
 
 RESAMPLES = 10_000
 LATE_EPOCHS = 3
@@ -127,24 +127,29 @@ def _with_seed(args: argparse.Namespace, seed: int) -> argparse.Namespace:
     return one
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--models", default=LENETS, help="comma-separated book-recipe models")
-    p.add_argument("--seeds", type=int, default=5, help="how many seeds a side (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="the first seed")
-    p.add_argument("--epochs", type=int, default=10)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(p)
+    p.add_argument("--seeds", type=int, default=5, metavar="N",
+                   help="how many seeds a side, at least 2 (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the first seed (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=10, metavar="N", help="epochs of every run (default %(default)s)")
     p.add_argument("--variant", action="append", metavar="NAME=ARGS",
                    help="also moderncnn with these extra arguments, e.g. fp32='--no-amp' (repeatable)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="the book DataLoader's workers (d2l: 4; the default 0 trains on the same batches, since the "
                         "sampler and the workers' seed are drawn in this process either way, without the workers' start-up)")
     p.add_argument("--book-from", metavar="JSON", help="the book's runs from an earlier parity result (same seeds and "
                                                           "epochs) instead of running them again")
-    p.add_argument("--subset", type=int, help="train on the first N images only (a quick check, not parity)")
-    p.add_argument("--machine", help="the results folder's name (default: from the device's name)")
-    p.add_argument("--json", help="write the results here instead of docs/results/<machine>/")
+    p.add_argument("--subset", type=int, metavar="N",
+                   help="train on N training images only (the book: the first N; moderncnn: a class-balanced "
+                        "sample): a quick check, not parity")
+    add_result_options(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     args.models = model_names(args.models)
     if args.book_from and args.subset:

@@ -8,6 +8,7 @@ step, and a ``float()`` host sync on every batch (d2l's ``Accumulator`` and
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import shutil
 import time
@@ -153,23 +154,35 @@ def time_book_steps(model: nn.Module, train_iter: DataLoader, lr: float, device:
     return examples / wall, examples / step_time
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=(
+        "One whole run of d2l's train_ch6 on Fashion-MNIST, as the book runs it: MODEL's book recipe, torchvision's "
+        "FashionMNIST with Resize + ToTensor, its DataLoader, Xavier init, plain SGD, fp32. Prints the run's figures "
+        "as one JSON line: the last epoch's loss, train and test accuracy, every epoch's test accuracy, "
+        "examples/sec by the book's timer and the run's seconds. whole_runs.py and parity.py start it, one "
+        "process a run."))
+    p.add_argument("model", metavar="MODEL", help="a model with a book recipe, e.g. lenet")
+    p.add_argument("--root", required=True, metavar="DIR",
+                   help="a folder laid out as torchvision's FashionMNIST expects (FashionMNIST/raw/, uncompressed)")
+    p.add_argument("--epochs", type=int, default=10, metavar="N", help="epochs to train (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the torch seed: init, shuffle, dropout (default %(default)s)")
+    p.add_argument("--workers", type=int, default=4, metavar="N",
+                   help="the DataLoader's workers (d2l: 4; default %(default)s)")
+    p.add_argument("--subset", type=int, default=None, metavar="N", help="the first N training images only")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default %(default)s)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> None:
     """One whole book run in this process, as d2l runs it; prints its figures as one JSON line (for
     ``whole_runs.py``, which starts one process a run)."""
-    import argparse
     import json
 
     import moderncnn
     from moderncnn.recipes import get_recipe
 
-    p = argparse.ArgumentParser(description="d2l's train_ch6 on Fashion-MNIST, as the book runs it")
-    p.add_argument("model")
-    p.add_argument("--root", required=True, help="a folder laid out as torchvision's FashionMNIST expects")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=4, help="the DataLoader's workers (d2l: 4)")
-    p.add_argument("--subset", type=int, default=None, help="the first N training images only")
-    p.add_argument("--device", default="cpu")
+    p = build_parser()
     args = p.parse_args(argv)
     recipe = get_recipe(args.model, "book")
     torch.manual_seed(args.seed)

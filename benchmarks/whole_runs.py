@@ -41,7 +41,7 @@ from moderncnn.cpumem import glibc_malloc
 from moderncnn.evaluate import select_device
 from moderncnn.recipes import get_recipe
 from moderncnn.train import SPEED_OPTIONS, plan_speed
-from _cli import model_names
+from _cli import add_data_dir, add_result_options, model_names
 from _results import spread, write
 from reference_pipeline import torchvision_root
 
@@ -110,14 +110,20 @@ def run_once(cmd: list[str], env: dict, run_dir: Path, variant: str) -> dict:
             "test_acc_history": history}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--models", default=LENETS, help="comma-separated book-recipe models")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=3, help="rounds; each runs every variant once")
-    p.add_argument("--seed", type=int, default=0)
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of every run's command (:func:`command`), here and in parity.py, and which models to run."""
+    add_data_dir(p)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps, for every run (default %(default)s)")
+    p.add_argument("--models", default=LENETS, help="comma-separated book-recipe models (default %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(p)
+    p.add_argument("--epochs", type=int, default=10, metavar="N", help="epochs of every run (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="rounds; each runs every variant once (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of every run (default %(default)s)")
     p.add_argument("--book", action="store_true", help="also the book's own pipeline")
     p.add_argument("--ablate", action="store_true", help="also each speed option the policy turns on, off")
     p.add_argument("--baseline", metavar="SRC", help="also moderncnn from another checkout's src folder")
@@ -126,12 +132,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fp32", action="store_true",
                    help="every moderncnn run in fp32 (--no-amp): on a CPU with bf16 in hardware, a stand-in for one "
                         "without")
-    p.add_argument("--workers", type=int, default=4, help="the book's DataLoader workers (d2l: 4)")
-    p.add_argument("--subset", type=int, help="train on N images only (the book: the first N)")
-    p.add_argument("--test-subset", type=int, help="moderncnn: test on N images only")
-    p.add_argument("--resize", type=int, help="moderncnn: another image size than the recipe's")
-    p.add_argument("--machine", help="the results folder's name (default: from the device's name)")
-    p.add_argument("--json", help="write the results here instead of docs/results/<machine>/")
+    p.add_argument("--workers", type=int, default=4, metavar="N",
+                   help="the book's DataLoader workers (d2l: 4; default %(default)s)")
+    p.add_argument("--subset", type=int, metavar="N",
+                   help="train on N training images only (the book: the first N; moderncnn: a class-balanced sample)")
+    p.add_argument("--test-subset", type=int, metavar="N", help="moderncnn: test on N images only")
+    p.add_argument("--resize", type=int, metavar="PIXELS", help="moderncnn: another image size than the recipe's")
+    add_result_options(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     args.models = model_names(args.models)
     if not Path(args.data_dir).is_dir():

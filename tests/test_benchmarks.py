@@ -100,7 +100,7 @@ def test_book_experiments_tabulates_seeds_and_reuses_finished_runs(tmp_path, mon
 
 
 def test_models_md_is_what_model_table_writes(capsys):
-    script("model_table").main()
+    script("model_table").main([])
     written = capsys.readouterr().out
     assert written == (BENCH.parent / "docs" / "models.md").read_text(), \
         "docs/models.md is stale: python benchmarks/model_table.py > docs/models.md"
@@ -160,6 +160,20 @@ def test_benchmark_scripts_fail_in_one_line(name, args, message):
                           timeout=120)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in BENCH.glob("*.py") if not p.name.startswith("_")))
+def test_benchmark_scripts_say_what_they_do_and_what_each_option_is(name):
+    """``--help`` is the only guide a user on a borrowed machine has: it must describe the script and every
+    option, and print without running anything."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage:"), done.stdout[:200] + done.stderr
+    parser = script(name).build_parser()
+    assert (parser.description or "").strip(), f"{name}.py has no description"
+    assert not [a.option_strings or a.dest for a in parser._actions if not a.help], f"{name}.py: options without help"
 
 
 def test_parity_interval_holds_zero_for_one_distribution_and_not_for_a_shifted_one():

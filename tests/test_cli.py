@@ -203,7 +203,7 @@ def test_out_of_memory_is_one_line_with_what_to_do(error, monkeypatch, capsys):
 
     monkeypatch.setattr(moderncnn.train, "fit", fit)
     # the estimate before training would refuse this batch on a small machine: here training itself runs out
-    monkeypatch.setattr(moderncnn.cli, "check_fits", lambda *args: None)
+    monkeypatch.setattr(moderncnn.cliargs, "check_fits", lambda *args: None)
     code, _, err = run(["train", "alexnet", "--batch-size", 4096], capsys)
     line = one_line_error(err, "train")
     assert code == 2 and "out of memory (" in line and line.endswith("use a smaller --batch-size (or --resize)")

@@ -4,6 +4,7 @@ inputs; benchmarks/export_table.py exports every registered model at its default
 from __future__ import annotations
 
 import importlib.util
+import importlib
 import json
 
 import pytest
@@ -166,3 +167,20 @@ def test_onnx_properties_give_back_values_and_keep_strings_that_look_like_json()
     # written before json_keys: the values it stored as JSON text are decoded all the same
     old = {"model": "lenet", "classes": '["a", "b"]', "batch": "dynamic", "run": '{"epoch": 3}'}
     assert _from_props(old) == {"model": "lenet", "classes": ["a", "b"], "batch": "dynamic", "run": {"epoch": 3}}
+
+
+def test_a_run_with_nothing_to_export_says_so_before_a_missing_package(tmp_path, monkeypatch):
+    exporting = importlib.import_module("moderncnn.export")  # the module: moderncnn.export is the function
+
+    def missing(*modules):
+        raise MissingExtraError(f"ONNX export needs {', '.join(modules)}")
+
+    monkeypatch.setattr(exporting, "_require", missing)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"model": "lenet", "model_kwargs": {}, "status": "interrupted",
+                                              "epochs_done": 0}))
+    with pytest.raises(FileNotFoundError, match="holds no weights yet"):
+        export(run, "onnx")
+    with pytest.raises(MissingExtraError):  # a model there is to export: then the packages are what is missing
+        export("lenet", "onnx")

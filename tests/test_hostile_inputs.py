@@ -23,7 +23,8 @@ import torchvision.datasets.folder  # noqa: F401 - the folder loader's import, d
 from PIL import Image
 
 from moderncnn import create_model
-from moderncnn.checkpoint import load_checkpoint, save_state, save_weights
+from moderncnn.checkpoint import load_checkpoint
+from moderncnn.storage import save_state, save_weights
 from moderncnn.cli import main
 from moderncnn.compare import compare
 from moderncnn.data import DataError, load_dataset, load_image_folder, read_idx, write_idx

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import moderncnn
-from moderncnn.checkpoint import save_weights
+from moderncnn.storage import save_weights
 from moderncnn.data import ImageDataset
 
 REPO = Path(__file__).resolve().parents[1]

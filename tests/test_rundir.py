@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import moderncnn.checkpoint as checkpoint
 import moderncnn.rundir as rundir
+import moderncnn.storage as storage
 from moderncnn import fit
-from moderncnn.checkpoint import save_weights, weights_epoch
 from moderncnn.rundir import RunBusy, RunDir
+from moderncnn.storage import save_weights, weights_epoch
 
 from fixtures import write_fashion_idx
 from test_train import FAST, Tiny, tiny, toy
@@ -38,7 +38,7 @@ class Kill(BaseException):
 
 
 # The commit's writes, in order; a kill before the k-th (k = len: after the last) of epoch 2's commit.
-STEPS = [(checkpoint, "save_weights"), (rundir, "save_state"), (rundir, "atomic_write"), (rundir.RunDir, "_publish"),
+STEPS = [(storage, "save_weights"), (rundir, "save_state"), (rundir, "atomic_write"), (rundir.RunDir, "_publish"),
          (rundir.RunDir, "_remove_unreferenced"), (rundir.RunDir, "write_history"), (rundir.RunDir, "write_meta")]
 
 
@@ -62,7 +62,7 @@ def kill_during_second_commit(monkeypatch, k: int) -> None:
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(owner, name, step)
-    monkeypatch.setattr(rundir, "save_weights", checkpoint.save_weights)  # rundir's name for the patched one
+    monkeypatch.setattr(rundir, "save_weights", storage.save_weights)  # rundir's name for the patched one
 
 
 @pytest.mark.parametrize("k", range(len(STEPS) + 1))

@@ -13,12 +13,14 @@ from PIL import Image
 
 from moderncnn import create_model
 from moderncnn.data import ImageDataset
-from moderncnn.evaluate import Preprocessing, evaluate
+from moderncnn.data.datasets import IDX_CLASSES
+from moderncnn.checkpoint import Preprocessing
+from moderncnn.evaluate import evaluate
 from moderncnn.show import (feature_stages, find_mistakes, gradcam, input_gradients, plot_activations,
                             plot_filters, plot_mistakes, plot_saliency, stage_outputs)
 from moderncnn.show.images import mosaic, read_image
 from moderncnn.show.live import LiveCurves
-from moderncnn.train.report import curves_figure
+from moderncnn.curves import curves_figure
 
 
 def model(name: str, **kw) -> torch.nn.Module:
@@ -126,7 +128,7 @@ def test_activations_draw_the_input_and_every_stage(tmp_path):
     images = images_of(fig)
     assert len(images) == 3 and images[0].get_array().shape == (28, 28)  # resized to the run's size
     assert images[2].get_array().shape == (5 * 2 + 1, 5 * 8 + 7)  # 16 maps of 5x5, 8 a row
-    assert "stage 3-5: 16 maps of 5x5" in fig.axes[2].get_title()
+    assert fig.axes[2].get_title() == "stage 2 of 2 (modules 3-5: Conv2d to AvgPool2d): 16 maps of 5x5; all 16"
 
 
 def test_activations_follow_the_runs_preprocessing():
@@ -193,12 +195,33 @@ def test_gradcam_and_gradients_agree_with_captum():
 def test_saliency_errors_name_the_choices():
     net = model("lenet")
     net.preprocessing = Preprocessing(channels=1, size=28, classes=tuple(f"c{i}" for i in range(10)))
-    with pytest.raises(ValueError, match="no class named 'boot'; the model's classes: c0, c1"):
+    with pytest.raises(ValueError, match="no class named 'boot'; give a class index .* the model's classes: c0, c1"):
         plot_saliency(net, torch.rand(1, 28, 28), target="boot")
     with pytest.raises(ValueError, match="class index 12 is out of range"):
         plot_saliency(net, torch.rand(1, 28, 28), target=12)
     with pytest.raises(ValueError, match="unknown saliency method 'cam'; use one of gradcam, hirescam"):
         plot_saliency(net, torch.rand(1, 28, 28), method="cam")
+
+
+@pytest.mark.parametrize("given, index", [("Shirt", 6), ("shirt", 6), ("SHIRT", 6), ("t-shirt", 0), ("ankle", 9),
+                                          ("6", 6), (6, 6)])
+def test_a_class_is_named_in_any_case_or_by_index(given, index):
+    from moderncnn.show.saliency import _target
+
+    net = model("lenet")
+    net.preprocessing = Preprocessing(channels=1, size=28, classes=tuple(IDX_CLASSES["fashion-mnist"]))
+    assert _target(net, torch.zeros(1, 10), given) == index
+
+
+@pytest.mark.parametrize("name, method", [("lenet", "hirescam"), ("alexnet", "hirescam"), ("vgg11_book", "hirescam"),
+                                          ("vgg16", "hirescam"), ("nin", "gradcam"), ("googlenet", "gradcam"),
+                                          ("resnet18_book", "gradcam"), ("densenet_book", "gradcam")])
+def test_the_default_saliency_suits_the_head(name, method):
+    from moderncnn.show import default_method
+
+    with torch.device("meta"):
+        net = create_model(name)
+    assert default_method(net) == method
 
 
 # -- mistakes ----------------------------------------------------------------------------------------------------
@@ -376,7 +399,8 @@ def show(argv, capsys):
     (["filters", "--layer", "3"], "filters-3.png"),
     (["filters", "--learned"], "filters-first-learned.png"),
     (["activations", "IMAGE"], "activations-shoe.png"),
-    (["saliency", "IMAGE"], "saliency-gradcam-shoe.png"),
+    (["saliency", "IMAGE"], "saliency-hirescam-shoe.png"),  # LeNet's head flattens: Grad-CAM would be empty
+    (["saliency", "IMAGE", "--method", "gradcam", "--class", "shirt"], "saliency-gradcam-shoe.png"),
     (["saliency", "IMAGE", "--method", "gradients", "--class", "Sneaker"], "saliency-gradients-shoe.png"),
     (["mistakes", "--n", "4"], "mistakes.png"),
 ])
@@ -398,7 +422,8 @@ def test_show_out_puts_the_picture_elsewhere(small_run, tmp_path, capsys):
     (["filters", "RUN", "--layer", "9"], "lenet has no convolution layer named '9'; its convolution layers: 0, 3"),
     (["activations", "RUN", "NOTES"], "is not an image Pillow can read"),
     (["activations", "RUN", "missing.png"], "no such image file: missing.png"),
-    (["saliency", "RUN", "IMAGE", "--class", "Boot"], "no class named 'Boot'; the model's classes: T-shirt/top"),
+    (["saliency", "RUN", "IMAGE", "--class", "Boot"], "no class named 'Boot'; give a class index (0..9) or one of "
+                                                      "the model's classes: T-shirt/top"),
     (["filters", "nowhere"], "no such checkpoint or run directory: nowhere"),
 ])
 def test_show_errors_are_one_line(small_run, argv, message, tmp_path, capsys):

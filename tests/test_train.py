@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from moderncnn import create_model, list_models
-from moderncnn.checkpoint import load_checkpoint, load_pretrained, load_weights, save_weights, weights_epoch
+from moderncnn.checkpoint import Preprocessing, load_checkpoint, load_pretrained
+from moderncnn.storage import load_weights, save_weights, weights_epoch
 from moderncnn.data import ImageDataset
-from moderncnn.evaluate import Preprocessing, evaluate, format_per_class, load_images, predict, read_images
+from moderncnn.evaluate import evaluate, format_per_class, load_images, predict, read_images
 from moderncnn.layers import BatchNorm
 from moderncnn.models import ModelBase
 from moderncnn.recipes import BOOK_FIGURES, BOOK_RECIPES, GENERIC, MODERN_LR, OWN_VALUES, Recipe, get_recipe

@@ -10,11 +10,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
-
-from .cliargs import MAX_BATCH, MAX_IMAGE_SIDE, check_fits, check_model_args, whole_number
-from .distributed import world_from_env
-from .train.speed import COMPILE_MODES, SPEED_OPTIONS
 
 
 class CLIError(Exception):
@@ -29,8 +24,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+#: The verbs, in the order ``--help`` lists them, with their one-line help. ``moderncnn --help`` is built from
+#: this alone, without importing torch (1.6 s of a 2 s start); a verb's own options are built only for it.
+VERBS = {
+    "list": "list the registered models",
+    "summary": "layer-by-layer table: output shapes, parameters, multiply-adds",
+    "train": "train a model with the book's recipe (or a modern one); checkpoints every epoch",
+    "eval": "test accuracy, per-class accuracy and a confusion matrix of a trained run",
+    "predict": "top-k classes of image files",
+    "compare": "architectures side by side: parameters and MACs, and for trained runs their results",
+    "export": "export a trained run or a model to ONNX or .pt2, checked against PyTorch before it is written",
+    "show": "pictures of what a trained run learned: filters, activations, saliency, mistakes",
+}
+
+
 def parse_input_size(text: str) -> tuple[int, int, int]:
     """``"1x224x224"`` -> ``(1, 224, 224)``: channels x height x width, all three required."""
+    from .cliargs import MAX_IMAGE_SIDE
+
     try:
         dims = tuple(int(p) for p in text.lower().split("x"))
     except ValueError:
@@ -56,6 +67,8 @@ def parse_model_arg(text: str) -> tuple[str, object]:
 
 def parse_speed(text: str) -> tuple[str, bool]:
     """``"patch_pool=off"`` -> ``("patch_pool", False)``: a speed option of the policy, on or off."""
+    from .train.speed import SPEED_OPTIONS
+
     key, sep, value = text.partition("=")
     states = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
     if not sep or key not in SPEED_OPTIONS or value.lower() not in states:
@@ -74,6 +87,8 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
+    import torch
+
     from . import create_model, shape_walk, summary
 
     kw = dict(args.model_arg or [])
@@ -95,6 +110,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .cliargs import check_model_args
     from .cpumem import keep_freed_memory
     from .evaluate import select_device
     from .train import fit
@@ -149,6 +165,7 @@ def _board_pictures(board, result, args: argparse.Namespace, out: str | Path) ->
 
 def _check_training_fits(args: argparse.Namespace, model_kwargs: dict) -> None:
     """A --resize or --batch-size whose activations cannot fit the device: refused before any data is read."""
+    from .cliargs import check_fits
     from .evaluate import select_device
     from .recipes import get_recipe
 
@@ -159,6 +176,8 @@ def _check_training_fits(args: argparse.Namespace, model_kwargs: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    import torch
+
     from .checkpoint import load_checkpoint
     from .evaluate import evaluate, format_per_class, plot_confusion, select_device
     from .train.speed import eval_speed
@@ -258,7 +277,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_show(args: argparse.Namespace) -> None:
     from . import show
-    from .checkpoint import load_checkpoint, save_figure
+    from .checkpoint import load_checkpoint
+    from .figures import save_figure
     from .evaluate import select_device
     from .train.speed import eval_speed
 
@@ -276,8 +296,9 @@ def cmd_show(args: argparse.Namespace) -> None:
     elif args.picture == "activations":
         fig, name = show.plot_activations(model, args.image), f"activations-{stem}.png"
     elif args.picture == "saliency":
-        fig = show.plot_saliency(model, args.image, args.method, args.target, args.layer)
-        name = f"saliency-{args.method}-{stem}.png"
+        method = args.method or show.default_method(model)
+        fig = show.plot_saliency(model, args.image, method, args.target, args.layer)
+        name = f"saliency-{method}-{stem}.png"
     else:
         test = _eval_data(meta, args)
         if args.dataset is None and list(test.classes) != list(model.preprocessing.classes):
@@ -293,11 +314,12 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def _add_show(sub) -> None:
+    from .cliargs import whole_number
     from .show.mistakes import MAX_PICTURED
 
     p = sub.add_parser(
         "show",
-        help="pictures of what a trained run learned: filters, activations, saliency, mistakes",
+        help=VERBS["show"],
         description="Draw what a trained run learned as a PNG (in the run directory unless --out) and print "
                     "its path. In Python: moderncnn.show.plot_filters(model) etc. return the figures.",
     )
@@ -320,10 +342,13 @@ def _add_show(sub) -> None:
                                         "the image, for the predicted class or --class.")
     q.add_argument("checkpoint", metavar="RUN")
     q.add_argument("image", metavar="IMAGE")
-    q.add_argument("--method", choices=("gradcam", "hirescam", "gradients"), default="gradcam",
-                   help="gradcam (default); hirescam: Grad-CAM element by element, for heads that flatten the "
-                        "maps (LeNet, AlexNet, VGG), where Grad-CAM can be empty; gradients: |d score/d pixel|")
-    q.add_argument("--class", dest="target", metavar="NAME", help="explain this class (default: the predicted)")
+    q.add_argument("--method", choices=("gradcam", "hirescam", "gradients"),
+                   help="gradcam: the default where the head averages the maps (ResNet, GoogLeNet, DenseNet, NiN); "
+                        "hirescam: Grad-CAM element by element, the default for heads that flatten the maps "
+                        "(LeNet, AlexNet, VGG), where Grad-CAM can be empty; gradients: |d score/d pixel|")
+    q.add_argument("--class", dest="target", metavar="NAME|INDEX",
+                   help="explain this class: a name in any case, or the start of one (shirt, ankle), or its index "
+                        "(0 = the first class); default: the predicted class")
     q.add_argument("--layer", metavar="NAME", help="Grad-CAM over this module (default: the last stage)")
     views.append(q)
     q = pictures.add_parser("mistakes", help="the test images it gets most confidently wrong",
@@ -367,7 +392,7 @@ def _add_export(sub) -> None:
 
     p = sub.add_parser(
         "export",
-        help="export a trained run or a model to ONNX or .pt2, checked against PyTorch before it is written",
+        help=VERBS["export"],
         description="Export a run directory (or a model by name, untrained) to ONNX (torch.onnx.export: the "
                     "dynamo exporter, else the TorchScript one) or .pt2 (torch.export). The exported program is "
                     "run on real images at two batch sizes (ONNX in onnxruntime, .pt2 reloaded) and compared "
@@ -400,25 +425,27 @@ def _add_data_location(p) -> None:
     p.add_argument("--no-download", action="store_true", help="never download a missing data set")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: every verb with its options, or (``verb``) only that one's options, the
+    other verbs listed by name, so that a command imports what its own options need and no more; ``""``: the
+    verbs by name only, enough for ``moderncnn --help`` and ``--version``, without importing torch."""
+    from importlib.metadata import version
+
+    from . import __version__
+
     parser = _Parser(
         prog="moderncnn",
         description="The classic CNNs of d2l chapter 7 (and LeNet-5): inspect, train, evaluate, predict, compare.",
     )
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"moderncnn {__version__} (torch {torch.__version__})")
+    parser.add_argument("--version", action="version", version=f"moderncnn {__version__} (torch {version('torch')})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    _add_list(sub)
-    _add_summary(sub)
-    _add_train(sub)
-    _add_eval(sub)
-    _add_predict(sub)
-    _add_compare(sub)
-    _add_export(sub)
-    _add_show(sub)
-
+    adders = {"list": _add_list, "summary": _add_summary, "train": _add_train, "eval": _add_eval,
+              "predict": _add_predict, "compare": _add_compare, "export": _add_export, "show": _add_show}
+    for name, add in adders.items():
+        if verb is None or verb == name:
+            add(sub)
+        else:
+            sub.add_parser(name, help=VERBS[name])
     for verb_parser in sub.choices.values():
         verb_parser.set_defaults(verb_parser=verb_parser)
         _add_debug(verb_parser)
@@ -426,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_list(sub) -> None:
-    p = sub.add_parser("list", help="list the registered models", description="List registered models.")
+    p = sub.add_parser("list", help=VERBS["list"], description="List registered models.")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'resnet*'")
     p.set_defaults(func=cmd_list)
 
@@ -434,7 +461,7 @@ def _add_list(sub) -> None:
 def _add_summary(sub) -> None:
     p = sub.add_parser(
         "summary",
-        help="layer-by-layer table: output shapes, parameters, multiply-adds",
+        help=VERBS["summary"],
         description="Print a model's layer table (output shape, parameters, MACs) and totals.",
     )
     p.add_argument("model", help="a name from 'moderncnn list'")
@@ -450,9 +477,12 @@ def _add_summary(sub) -> None:
 
 
 def _add_train(sub) -> None:
+    from .cliargs import MAX_BATCH, MAX_IMAGE_SIDE, whole_number
+    from .train.speed import COMPILE_MODES, SPEED_OPTIONS
+
     p = sub.add_parser(
         "train",
-        help="train a model with the book's recipe (or a modern one); checkpoints every epoch",
+        help=VERBS["train"],
         description="Train MODEL like d2l's train_ch6 (--recipe book) or with a modern recipe. Writes a run "
                     "directory: run.json, metrics.jsonl, curves.png, model.safetensors, checkpoints/. Ctrl-C keeps "
                     "the last finished epoch; --resume continues from it. Several GPUs: torchrun "
@@ -519,9 +549,11 @@ def _add_train(sub) -> None:
 
 
 def _add_eval(sub) -> None:
+    from .cliargs import MAX_BATCH, whole_number
+
     p = sub.add_parser(
         "eval",
-        help="test accuracy, per-class accuracy and a confusion matrix of a trained run",
+        help=VERBS["eval"],
         description="Evaluate a run directory (or its model.safetensors) on the test split of the data set it "
                     "was trained on; writes confusion.png into the run directory or --out.",
     )
@@ -543,7 +575,7 @@ def _add_eval(sub) -> None:
 def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict",
-        help="top-k classes of image files",
+        help=VERBS["predict"],
         description="Classify image files with a trained run: any size or colour mode, converted to what the "
                     "model was trained on (grey/RGB, its input size). A folder stands for the image files under "
                     "it (.png, .jpg, ...; recursively).",
@@ -558,7 +590,7 @@ def _add_predict(sub) -> None:
 def _add_compare(sub) -> None:
     p = sub.add_parser(
         "compare",
-        help="architectures side by side: parameters and MACs, and for trained runs their results",
+        help=VERBS["compare"],
         description="Tabulate models by name (wildcards allowed: 'resnet*') at their default input, or run "
                     "directories written by 'moderncnn train' with their recipe, epochs, accuracies and speed "
                     "beside the cost of the model at the size it was trained at.",
@@ -626,14 +658,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _under_torchrun() -> bool:
+    from .distributed import world_from_env
+
     try:
         return world_from_env().distributed
     except ValueError:  # malformed RANK/WORLD_SIZE: _main has reported it
         return False
 
 
+def _out_of_memory() -> tuple[type[BaseException], ...]:
+    """Python's MemoryError and, once torch is imported (nothing else can run out of a GPU), torch's."""
+    torch = sys.modules.get("torch")
+    return (MemoryError,) + ((torch.OutOfMemoryError,) if torch is not None else ())
+
+
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
+    given = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    named = next((a for a in given if not a.startswith("-")), "")  # no top-level option takes a value
+    parser = build_parser(named if named in VERBS else "")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         _reject_unknown(args.verb_parser, unknown)
@@ -651,7 +693,7 @@ def _main(argv: list[str] | None) -> int:
         _report(f"moderncnn {args.command}: error: {e.strerror or e}{where}; free space or write elsewhere, then "
                 f"run again (a stopped training goes on with --resume)")
         return 2
-    except (MemoryError, torch.cuda.OutOfMemoryError) as e:
+    except _out_of_memory() as e:
         what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         _report(f"moderncnn {args.command}: error: out of memory ({what}); use a smaller --batch-size "
                 f"(or --resize)")

@@ -189,7 +189,7 @@ def format_comparison(rows: list[dict[str, Any]], markdown: bool = False) -> str
 
 def plot_runs(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Test accuracy and train loss against epoch, one line per run row of :func:`compare`, as a PNG."""
-    from .checkpoint import new_figure, save_figure
+    from .figures import new_figure, save_figure
 
     runs = [r for r in rows if r.get("history")]
     if not runs:

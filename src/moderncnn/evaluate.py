@@ -3,51 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 
-__all__ = ["select_device", "autocast", "Preprocessing", "evaluate", "format_per_class", "plot_confusion",
+__all__ = ["select_device", "autocast", "evaluate", "format_per_class", "plot_confusion",
            "confusion_figure", "load_images", "read_images", "image_files", "predict"]
 
 Normalize = tuple[Sequence[float], Sequence[float]]
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What a trained model expects of an image: channels, side, normalisation, and the names of its classes.
-
-    :func:`~moderncnn.train.fit` and :func:`~moderncnn.checkpoint.load_checkpoint` attach it to the model as
-    ``model.preprocessing``; :func:`predict` and :func:`evaluate` follow it, so the library gives the command
-    line's answers. ``resize``: the side images were resized to in training (None: their native side);
-    ``native``: the side of the data set's stored images, to which an image file is read first, as the data
-    set's own images were, before the run's resize.
-    """
-
-    channels: int
-    size: int
-    resize: int | None = None
-    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-    classes: tuple[str, ...] = ()
-    native: int | None = None
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any], where: Any = "run.json") -> "Preprocessing":
-        """From a run's metadata (run.json's ``input`` and ``data``); a malformed one is a one-line error."""
-        inputs, data = meta.get("input"), meta.get("data")
-        try:
-            norm = inputs.get("normalize")
-            return cls(channels=int(inputs["channels"]), size=int(inputs["size"]),
-                       resize=None if inputs.get("resize") is None else int(inputs["resize"]),
-                       normalize=None if norm is None else (tuple(map(float, norm[0])), tuple(map(float, norm[1]))),
-                       classes=tuple(str(c) for c in data.get("classes", ())),
-                       native=None if inputs.get("native_size") is None else int(inputs["native_size"]))
-        except (AttributeError, KeyError, TypeError, ValueError, IndexError):
-            raise ValueError(f"{where}: its 'input' or 'data' section is malformed; the run directory is "
-                             f"damaged") from None
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -153,7 +118,7 @@ def format_per_class(result: dict[str, Any]) -> str:
 
 def plot_confusion(result: dict[str, Any], path: str | Path, title: str = "", normalize: bool = False) -> Path:
     """Save the confusion matrix of :func:`evaluate` as a PNG (see :func:`confusion_figure`)."""
-    from .checkpoint import save_figure
+    from .figures import save_figure
 
     return save_figure(confusion_figure(result, title, normalize), path)
 
@@ -164,7 +129,7 @@ def confusion_figure(result: dict[str, Any], title: str = "", normalize: bool = 
     The colour is always the row's share (so a rare class is as visible as a common one), with a colour bar;
     each cell's number is the count of images, or with ``normalize`` that share.
     """
-    from .checkpoint import new_figure
+    from .figures import new_figure
 
     cm = result["confusion"].float()
     rows = cm / cm.sum(1, keepdim=True).clamp_min(1)

@@ -298,16 +298,16 @@ def export(source: nn.Module | str | Path, format: str = "onnx", out: str | Path
         raise ValueError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0, got {tolerance}")
-    if format == "onnx":
-        _require("onnx", "onnxruntime", *(("onnxscript",) if exporter != "torchscript" else ()))
     start = time.perf_counter()
-    model, meta = _resolve(source, model_kwargs)
+    model, meta = _resolve(source, model_kwargs)  # a run with nothing to export says so before a missing package
     name = getattr(model, "model_name", type(model).__name__)
     if (name, format) in REFUSED:
         raise ExportError(f"{name} cannot be exported to {format}: {REFUSED[name, format]}")
     size = _input_size(model, input_size)
     if hasattr(model, "check_input"):
         model.check_input(torch.zeros(1, *size))  # a wrong size is the model's one-line error, before exporting
+    if format == "onnx":
+        _require("onnx", "onnxruntime", *(("onnxscript",) if exporter != "torchscript" else ()))
     prep = getattr(model, "preprocessing", None)
     normalize = prep.normalize if prep is not None else None
     dynamic = batch == "dynamic"
@@ -342,7 +342,7 @@ def _default_out(source: Any, meta: dict[str, Any] | None, name: str, format: st
 
 
 def _write(path: Path, data: bytes, format: str, metadata: dict[str, str]) -> None:
-    from .checkpoint import atomic_write
+    from .storage import atomic_write
 
     if path.is_dir():
         raise ValueError(f"{path} is a directory; give a file name for the export, e.g. {path / ('model.' + format)}")

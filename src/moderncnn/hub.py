@@ -25,8 +25,9 @@ _WEIGHTS_DOC = """
 
 def load_model(name: str, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
     """``create_model(name, **kwargs)``, with ``weights`` (a run directory or a ``.safetensors`` file) loaded."""
-    from .checkpoint import load_checkpoint, load_weights
+    from .checkpoint import load_checkpoint
     from .registry import create_model
+    from .storage import load_weights
 
     if weights is None:
         return create_model(name, **kwargs)

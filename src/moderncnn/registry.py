@@ -2,8 +2,8 @@
 
 Builders are plain functions ``name(*, num_classes=..., in_channels=..., **kw)``
 registered with :func:`register_model`; the function name is the model name.
-The registry is filled when :mod:`moderncnn.models` is imported, which
-``import moderncnn`` does explicitly.
+The zoo's builders register when :mod:`moderncnn.models` is imported, which the
+registry does the first time it is asked for a model (:func:`_zoo`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,13 @@ __all__ = ["register_model", "create_model", "list_models", "get_model_builder",
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
+def _zoo() -> dict[str, Callable[..., nn.Module]]:
+    """Every registered builder, the zoo's included: imported here, on first use, not by ``import moderncnn``."""
+    from . import models  # noqa: F401  (each family's module registers its builders)
+
+    return _MODELS
+
+
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register ``fn`` under its own name; a second builder with the same name is an error."""
     name = fn.__name__
@@ -32,12 +39,12 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style wildcard, e.g. ``"resnet*"``."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern.lower()))
+    return sorted(n for n in _zoo() if fnmatch.fnmatchcase(n, pattern.lower()))
 
 
 def get_model_builder(name: str) -> Callable[..., nn.Module]:
     try:
-        return _MODELS[name]
+        return _zoo()[name]
     except KeyError:
         close = difflib.get_close_matches(name.lower(), _MODELS, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""

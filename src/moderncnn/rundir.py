@@ -41,7 +41,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .checkpoint import (atomic_write, fsync_dir, load_state, save_state, save_weights, state_dict_tensors,
+from .curves import curves_title, plot_curves
+from .storage import (atomic_write, fsync_dir, load_state, save_state, save_weights, state_dict_tensors,
                          weights_epoch)
 from .runschema import check_run_meta, check_state
 
@@ -305,8 +306,6 @@ class RunDir:
         if not self.weights.is_file() or weights_epoch(self.weights) != ckpt.epoch:
             self._publish(ckpt)
         _, state = self.load()
-        from .train.report import curves_title
-
         self.write_history(state["history"], curves_title(self.read_meta()) if self.exists() else "")
 
     # -- writing ---------------------------------------------------------------------------------------
@@ -316,8 +315,6 @@ class RunDir:
 
     def write_history(self, history: list[dict[str, Any]], title: str = "") -> None:
         """metrics.jsonl and curves.png from the history of finished epochs."""
-        from .train.report import plot_curves
-
         atomic_write(self.metrics, b"".join(_json_bytes(h, indent=None) for h in history))
         if history:
             plot_curves(history, self.curves, title=title)

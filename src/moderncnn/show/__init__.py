@@ -10,8 +10,8 @@ images were prepared. In a notebook, ``fit(..., plot=True)`` redraws the trainin
 from .activations import plot_activations, stage_outputs
 from .filters import plot_filters
 from .mistakes import find_mistakes, plot_mistakes
-from .saliency import METHODS, gradcam, input_gradients, plot_saliency
+from .saliency import METHODS, default_method, gradcam, input_gradients, plot_saliency
 from .stages import conv_layers, feature_stages
 
 __all__ = ["plot_filters", "plot_activations", "plot_saliency", "plot_mistakes", "find_mistakes", "stage_outputs",
-           "gradcam", "input_gradients", "feature_stages", "conv_layers", "METHODS"]
+           "gradcam", "input_gradients", "default_method", "feature_stages", "conv_layers", "METHODS"]

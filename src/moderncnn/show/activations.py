@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..checkpoint import new_figure
+from ..figures import new_figure
 from .images import display_image, mosaic, normalise, read_image, scaled
 from .stages import feature_stages
 
@@ -31,6 +31,19 @@ def stage_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Te
         for h in handles:
             h.remove()
     return [(label, outputs[i][0]) for i, (label, _, _) in enumerate(stages)]
+
+
+def _describe(model: nn.Module, label: str) -> str:
+    """``"0-2"`` -> ``"modules 0-2: Conv2d to AvgPool2d"``: which modules a stage spans, in words."""
+    first, _, tail = label.partition("-")
+    names = dict(model.named_modules())
+    # feature_stages' label: "features.3-5" within one parent, "features.18-avgpool" across two
+    last = next((n for n in (f"{first.rpartition('.')[0]}.{tail}".lstrip("."), tail) if n in names), None) \
+        if tail else first
+    if first not in names or last is None:  # a label no module answers to: say it as it is
+        return f"modules {label}"
+    kinds = [type(names[n]).__name__ for n in dict.fromkeys((first, last))]
+    return f"{'modules' if tail else 'module'} {label}: {' to '.join(kinds)}"
 
 
 def _strongest(maps: torch.Tensor, k: int) -> torch.Tensor:
@@ -57,6 +70,7 @@ def plot_activations(model: nn.Module, image: str | Path | torch.Tensor, maps_pe
                  f"maps (each scaled to its own range)", fontsize=10)
     ax.set_axis_off()
     for row, (label, maps) in enumerate(outputs, 1):
+        where = _describe(model, label)
         shown = _strongest(maps, maps_per_stage)
         tiles = scaled(shown)
         ax = fig.add_subplot(grid[row])
@@ -64,7 +78,7 @@ def plot_activations(model: nn.Module, image: str | Path | torch.Tensor, maps_pe
                   interpolation="nearest")
         c, h, w = maps.shape
         which = f"all {c}" if len(shown) == c else f"the {len(shown)} most active"
-        ax.set_title(f"stage {label}: {c} maps of {h}x{w}; {which}", fontsize=9)
+        ax.set_title(f"stage {row} of {len(outputs)} ({where}): {c} maps of {h}x{w}; {which}", fontsize=9)
         ax.set_axis_off()
     fig.tight_layout()
     return fig

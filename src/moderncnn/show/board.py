@@ -62,7 +62,7 @@ class TensorBoard:
         """The run's pictures (curves, first-layer filters, one test image's activations and Grad-CAM, the
         most confident mistakes) under "pictures/", at the last step; with ``start`` (the network before
         training), also what training changed in the filters."""
-        from ..train.report import curves_figure
+        from ..curves import curves_figure
         from . import plot_activations, plot_filters, plot_mistakes, plot_saliency
 
         image = test.images[0]

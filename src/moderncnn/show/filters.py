@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ..checkpoint import new_figure
+from ..figures import new_figure
 from .images import mosaic, scaled
 from .stages import find_layer
 

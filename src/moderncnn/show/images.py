@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..evaluate import Preprocessing
+from ..checkpoint import Preprocessing
 
 __all__ = ["preprocessing_of", "read_image", "normalise", "class_names", "mosaic", "scaled", "display_image"]
 

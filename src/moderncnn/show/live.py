@@ -62,7 +62,7 @@ class LiveCurves:
             return
         from IPython.display import Image, display
 
-        from ..train.report import curves_figure
+        from ..curves import curves_figure
 
         start = time.perf_counter()
         buf = io.BytesIO()  # a PNG, not the Figure: a Figure shown is drawn again when the cell ends

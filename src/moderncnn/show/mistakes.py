@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..checkpoint import new_figure
+from ..figures import new_figure
 from .images import class_names, display_image, preprocessing_of
 
 __all__ = ["find_mistakes", "plot_mistakes", "MAX_PICTURED"]

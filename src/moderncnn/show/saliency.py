@@ -18,24 +18,39 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import new_figure
+from ..figures import new_figure
 from .images import class_names, display_image, normalise, read_image
 from .stages import feature_stages
 
-__all__ = ["gradcam", "input_gradients", "plot_saliency", "METHODS"]
+__all__ = ["gradcam", "input_gradients", "plot_saliency", "default_method", "METHODS"]
 
 METHODS = ("gradcam", "hirescam", "gradients")
 
 
+def default_method(model: nn.Module) -> str:
+    """Grad-CAM where the head averages the last maps (a global average pool: ResNet, GoogLeNet, DenseNet,
+    NiN), HiResCAM where it flattens them (LeNet, AlexNet, VGG), where Grad-CAM is often empty."""
+    averages = any(isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and m.output_size in (1, (1, 1))
+                   for m in model.modules())
+    return "gradcam" if averages else "hirescam"
+
+
 def _target(model: nn.Module, logits: torch.Tensor, target: int | str | None) -> int:
-    """The class to explain: an index, a class name, or (None) the predicted class."""
+    """The class to explain: an index, a class name (any case; a unique start of one will do: "ankle"), or
+    (None) the predicted class."""
     if target is None:
         return int(logits.argmax(1)[0])
     names = class_names(model)
     if isinstance(target, str) and not target.isdigit():
-        if target not in names:
-            raise ValueError(f"no class named {target!r}; the model's classes: {', '.join(names)}")
-        return names.index(target)
+        if target in names:
+            return names.index(target)
+        wanted = target.casefold()
+        for found in ([n for n in names if n.casefold() == wanted], [n for n in names
+                                                                     if n.casefold().startswith(wanted)]):
+            if len(found) == 1:
+                return names.index(found[0])
+        raise ValueError(f"no class named {target!r}; give a class index (0..{len(names) - 1}) or one of the "
+                         f"model's classes: {', '.join(names)}")
     index = int(target)
     if not 0 <= index < logits.shape[1]:
         raise ValueError(f"class index {index} is out of range: the model has {logits.shape[1]} classes")
@@ -87,14 +102,15 @@ def input_gradients(model: nn.Module, x: torch.Tensor,
     return g / g.max().clamp_min(1e-12), logits.detach().softmax(1)[0], index
 
 
-def plot_saliency(model: nn.Module, image: str | Path | torch.Tensor, method: str = "gradcam",
+def plot_saliency(model: nn.Module, image: str | Path | torch.Tensor, method: str | None = None,
                   target: int | str | None = None, layer: str | None = None):
     """A matplotlib Figure: the image, the saliency map (inferno: black unimportant, yellow important) and the
     map over the image, for the predicted class or ``target`` (a class name or index).
 
     ``method``: ``"gradcam"`` or ``"hirescam"`` (over the last convolutional stage, or ``layer``), or
-    ``"gradients"``.
+    ``"gradients"``; None: :func:`default_method`, the one that suits the model's head.
     """
+    method = method or default_method(model)
     if method not in METHODS:
         raise ValueError(f"unknown saliency method {method!r}; use one of {', '.join(METHODS)}")
     x = read_image(model, image)

@@ -9,13 +9,15 @@ continues. One concern a module, in the order a run meets them:
 - :mod:`.speed`: the speed policy, every option decided once and recorded;
 - :mod:`.step`: the recipe made into objects (init, optimizer, schedule, loss) and one SGD step;
 - :mod:`.loop`: the loaders, one epoch, the test pass, divergence;
-- :mod:`.metadata` and :mod:`.report`: what run.json holds, and what the run prints and draws.
+- :mod:`.metadata` and :mod:`.report`: what run.json holds, and what the run prints (its curves are
+  :mod:`moderncnn.curves`).
 """
 
+from ..curves import plot_curves
 from .trainer import Terminated, TrainResult, fit, initial_model
 from .loop import Diverged
 from .options import TrainOptions
-from .report import format_final, plot_curves
+from .report import format_final
 from .speed import (COMPILE_MODES, SPEED_OPTIONS, SpeedPlan, compile_mode_of, compiled, cpu_has_native_bf16,
                     device_kind, eval_speed, plan_speed)
 from .step import TrainStep, build_loss, build_optimizer, build_scheduler, init_weights, make_train_step

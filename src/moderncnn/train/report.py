@@ -1,47 +1,17 @@
-"""What a run says: its first line, a line per epoch, the book's closing lines, and the curves as a picture."""
+"""What a run says: its first line, a line per epoch, the book's closing lines and notes."""
 
 from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoint import new_figure, save_figure
 from ..distributed import World
 from ..recipes import BOOK_FIGURES, BOOK_RECIPES, Recipe
 
-__all__ = ["plot_curves", "curves_figure", "format_final", "summarise", "start_line", "epoch_line", "where"]
-
-
-def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """The book's animator as a PNG: train loss, train acc and test acc against epoch."""
-    return save_figure(curves_figure(history, title), path)
-
-
-def curves_figure(history: list[dict[str, Any]], title: str = "", epochs: int | None = None):
-    """The book's animator as a matplotlib Figure: train loss and train acc at the epoch's ``points`` (the
-    book's five an epoch) where the history has them, else once an epoch; test acc once an epoch.
-    ``epochs``: the run's length, to which the x axis reaches (as the book's animator's does) while it trains."""
-    fig = new_figure((4.5, 3.2))
-    ax = fig.add_subplot()
-    ends = [h["epoch"] for h in history]
-    points = [p for h in history for p in h.get("points") or [[h["epoch"], h.get("loss"), h.get("train_acc")]]]
-    for column, label, style in ((1, "train loss", "-"), (2, "train acc", "m--")):
-        ax.plot([p[0] for p in points], [math.nan if p[column] is None else p[column] for p in points], style,
-                label=label)
-    ax.plot(ends, [math.nan if h.get("test_acc") is None else h["test_acc"] for h in history], "g-.",
-            label="test acc")
-    ax.set_xlabel("epoch")
-    right = max(ends[-1], epochs or 0, 2)
-    ax.set_xlim(0 if any(h.get("points") for h in history) else 1, right)  # points lie inside epoch 1
-    ax.grid(True)
-    ax.legend()
-    if title:
-        ax.set_title(title, fontsize=9)
-    return fig
+__all__ = ["format_final", "summarise", "start_line", "epoch_line", "where"]
 
 
 def format_final(final: dict[str, Any], recipe: Recipe | None = None) -> str:
@@ -76,16 +46,6 @@ def summarise(history: list[dict[str, Any]], device: str) -> dict[str, Any]:
     return {"loss": last["loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"],
             "examples_per_sec": examples / seconds if seconds > 0 else None, "device": device,
             "epochs": last["epoch"], "train_seconds": seconds}
-
-
-def curves_title(meta: dict[str, Any]) -> str:
-    """The curves' title: the model and recipe, and what makes the run not the book's (the sample, a subset)."""
-    recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-    notes = ["embedded sample"] if data.get("is_sample") else []
-    if recipe.get("subset"):
-        notes.append(f"subset of {recipe['subset']:,}")
-    return f"{meta.get('model')} ({recipe.get('name')} recipe{''.join(', ' + n for n in notes)})"
 
 
 def where(world: World, device: torch.device) -> str:

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..checkpoint import _unwrap
 from ..cudagraph import GraphedStep, TrainStep
 from ..evaluate import autocast
 from ..recipes import Recipe
+from ..storage import unwrap
 
 __all__ = ["init_weights", "build_optimizer", "build_scheduler", "build_loss", "make_train_step", "TrainStep"]
 
@@ -64,7 +64,7 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
     ``aux_loss_weight``) is trained on ``CE(logits) + aux_loss_weight * sum(CE(aux))``; accuracy and the
     reported loss come from the logits' term only.
     """
-    aux_weight = float(getattr(_unwrap(model), "aux_loss_weight", 0.0) or 0.0)
+    aux_weight = float(getattr(unwrap(model), "aux_loss_weight", 0.0) or 0.0)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)

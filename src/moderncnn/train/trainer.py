@@ -19,15 +19,17 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_pretrained, load_weights, resolve_run, weights_sha256
+from ..checkpoint import Preprocessing, load_pretrained, resolve_run
 from ..cpumem import keeping_freed_memory
+from ..curves import curves_title
 from ..data import ImageDataset, check_provenance, load_sample, load_splits
 from ..data.base import DataError
 from ..distributed import World, join, leave, local_device, main_first, on_main, world_from_env
-from ..evaluate import Preprocessing, select_device
+from ..evaluate import select_device
 from ..recipes import Recipe
 from ..registry import create_model, get_model_builder
 from ..rundir import RunDir
+from ..storage import load_weights, weights_sha256
 from . import report
 from .loop import Diverged, Loop, prepare_loop, rng_state, set_rng_state, train_epoch
 from .metadata import check_resumable, now, run_metadata
@@ -350,7 +352,7 @@ def _train_epochs(options: TrainOptions, world: World, device: torch.device, rec
                 if writes is not None:
                     state = {"optimizer": loop.optimizer.state_dict(), "rng": rng_state(device),
                              "scheduler": loop.scheduler.state_dict() if loop.scheduler is not None else None}
-                    writes.commit(epoch + 1, loop.model, state, history, meta, report.curves_title(meta))
+                    writes.commit(epoch + 1, loop.model, state, history, meta, curves_title(meta))
                 report.say(report.epoch_line(record, recipe.epochs), quiet)
                 if options.on_epoch_end is not None:
                     options.on_epoch_end(record)
