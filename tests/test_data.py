@@ -261,7 +261,12 @@ def test_download_falls_through_mirrors_and_lands_in_the_cache(tmp_path, monkeyp
 
 def test_an_explicit_data_dir_without_the_data_is_an_error_never_the_sample_or_other_data(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(tv_utils, "download_url", _fail_download(calls))
+
+    def fail_after_making_its_folder(url, root, filename=None, md5=None, **kwargs):  # as torchvision's does
+        Path(root).mkdir(parents=True, exist_ok=True)
+        _fail_download(calls)(url, root, filename, md5)
+
+    monkeypatch.setattr(tv_utils, "download_url", fail_after_making_its_folder)
     for split in ("train", "test"):  # elsewhere: not taken either
         write_split(tmp_path / "cache" / "moderncnn" / "fashion-mnist", split)
     mine = tmp_path / "mine"
@@ -269,7 +274,7 @@ def test_an_explicit_data_dir_without_the_data_is_an_error_never_the_sample_or_o
     with pytest.raises(DataError, match=r"looked for train-images-idx3-ubyte\[\.gz\] and train-labels-idx1-ubyte"
                                         r"\[\.gz\] in .*mine/fashion-mnist.*put the files in .*mine"):
         load_splits("fashion-mnist", root=mine)
-    assert calls  # the download was tried (into the folder given: see the next test)
+    assert calls and not any(mine.iterdir()), "the download was tried, and its failure left nothing behind"
     with pytest.raises(DataError, match="download=False"):
         load_splits("fashion-mnist", root=mine, download=False)
     assert len(load_splits("fashion-mnist")[0]) == 20  # without --data-dir the cache is searched

@@ -175,6 +175,7 @@ def _download(mirrors: list[str], files: list[tuple[str, str]], folder: Path) ->
     from torchvision.datasets import utils as tv_utils
 
     staging = folder / ".download"
+    made = not folder.exists()  # a failed download leaves no empty folder behind in the user's directory
     errors = []
     for mirror in mirrors:
         try:
@@ -187,6 +188,10 @@ def _download(mirrors: list[str], files: list[tuple[str, str]], folder: Path) ->
         for filename, _ in files:
             os.replace(staging / filename, folder / filename)
         return
+    shutil.rmtree(staging, ignore_errors=True)
+    if made:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     raise _DownloadFailed("; ".join(errors))
 
 
