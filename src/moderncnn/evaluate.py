@@ -33,6 +33,8 @@ class Preprocessing:
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     classes: tuple[str, ...] = ()
     native: int | None = None
+    #: Logits summed over each image and its mirror image, as the run tested (its recipe's ``test_flip``).
+    test_flip: bool = False
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], where: Any = "run.json") -> "Preprocessing":
@@ -44,7 +46,8 @@ class Preprocessing:
                        resize=None if inputs.get("resize") is None else int(inputs["resize"]),
                        normalize=None if norm is None else (tuple(map(float, norm[0])), tuple(map(float, norm[1]))),
                        classes=tuple(str(c) for c in data.get("classes", ())),
-                       native=None if inputs.get("native_size") is None else int(inputs["native_size"]))
+                       native=None if inputs.get("native_size") is None else int(inputs["native_size"]),
+                       test_flip=inputs.get("test_flip") is True)
         except (AttributeError, KeyError, TypeError, ValueError, IndexError):
             raise ValueError(f"{where}: its 'input' or 'data' section is malformed; the run directory is "
                              f"damaged") from None
@@ -101,13 +104,15 @@ def _batches(data: Any, device: torch.device, batch_size: int, resize: int | Non
 def evaluate(model: nn.Module, data: Any, device: str | torch.device | None = None, *, batch_size: int = 256,
              resize: int | None = None, normalize: Normalize | None = None, channels_last: bool = False,
              amp_dtype: torch.dtype | None = None, classes: Sequence[str] | None = None,
-             subset: int | None = None) -> dict[str, Any]:
+             subset: int | None = None, test_flip: bool | None = None) -> dict[str, Any]:
     """Accuracy, per-class accuracy and confusion matrix of ``model`` on ``data``.
 
     ``data`` is an :class:`~moderncnn.data.ImageDataset` (batched here with ``resize``/``normalize``, by
     default the model's ``preprocessing``, as a trained or loaded model has it) or an iterable of ``(x, y)``
     batches already prepared (e.g. a :class:`~moderncnn.data.DeviceLoader`).
-    ``subset=n``: only the first n images of a fixed class-balanced permutation of an ImageDataset. Counts
+    ``subset=n``: only the first n images of a fixed class-balanced permutation of an ImageDataset.
+    ``test_flip``: sum the logits of each image and its mirror image (default: as the model's
+    ``preprocessing`` says, i.e. as its run tested; else no). Counts
     stay on the device until the end (one host sync). Returns ``{"accuracy": float, "per_class": {class:
     accuracy}, "confusion": int64 tensor [true, predicted], "classes": [...], "num_examples": int}``.
     """
@@ -115,6 +120,8 @@ def evaluate(model: nn.Module, data: Any, device: str | torch.device | None = No
     prep = getattr(model, "preprocessing", None)
     if prep is not None and resize is None and normalize is None:
         resize, normalize = prep.resize, prep.normalize
+    if test_flip is None:
+        test_flip = bool(getattr(prep, "test_flip", False))
     batches, found = _batches(data, device, batch_size, resize, normalize, channels_last, subset)
     classes = list(classes or found or [])
     k = len(classes) or getattr(model, "num_classes", None)
@@ -127,6 +134,8 @@ def evaluate(model: nn.Module, data: Any, device: str | torch.device | None = No
         for x, y in batches:
             with autocast(device, amp_dtype):
                 logits = model(x)
+                if test_flip:  # summed in float: bf16 logits would round the sum
+                    logits = logits.float() + model(x.flip(3)).float()
             confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k)
     finally:
         model.train(was_training)
@@ -253,7 +262,8 @@ def predict(model: nn.Module | str | Path, images: torch.Tensor | Sequence[str |
     prepared as the model's ``preprocessing`` says (a trained or loaded model has it: its size, normalisation
     and class names), else resized to ``size`` (default: the model's ``default_image_size``) and normalised
     with ``normalize=(mean, std)``; ``classes`` default to the preprocessing's, else the class indices as
-    strings. Files are read ``batch_size`` at a time, so a folder of any size fits in memory.
+    strings. Files are read ``batch_size`` at a time, so a folder of any size fits in memory. A run whose
+    recipe tested with ``test_flip`` predicts from the mean logits of each image and its mirror image.
     """
     if isinstance(model, (str, Path)):
         from .checkpoint import load_checkpoint
@@ -288,7 +298,11 @@ def predict(model: nn.Module | str | Path, images: torch.Tensor | Sequence[str |
         if normalize is not None:
             mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in normalize)
             x = (x - mean) / std
-        probs = model(x.to(device)).float().softmax(1)
+        x = x.to(device)
+        logits = model(x).float()
+        if getattr(prep, "test_flip", False):  # as the run tested: the mean logits of the image and its mirror
+            logits = (logits + model(x.flip(3)).float()) / 2
+        probs = logits.softmax(1)
         top = probs.topk(min(topk, probs.shape[1]), dim=1)
         names = names or [str(c) for c in range(probs.shape[1])]
         values, indices = top.values.cpu(), top.indices.cpu()

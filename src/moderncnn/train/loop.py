@@ -55,6 +55,7 @@ class Loop:
     graphed: Any
     plan: SpeedPlan
     classes: list[str]
+    test_flip: bool = False
 
 
 def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: ImageDataset, normalize: Any,
@@ -64,7 +65,8 @@ def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: Im
     shard = (world.rank, world.size)
     train_loader = DeviceLoader(train, recipe.batch_size, device=device, shuffle=True, resize=recipe.resize,
                                 augment=recipe.augment, normalize=norm, channels_last=plan.channels_last,
-                                subset=recipe.subset, seed=seed, shard=shard, equal_steps=True)
+                                subset=recipe.subset, seed=seed, shard=shard, equal_steps=True,
+                                crop_padding=recipe.crop_padding)
     test_loader = DeviceLoader(test, recipe.batch_size, device=device, resize=recipe.resize, normalize=norm,
                                channels_last=plan.channels_last, subset=recipe.test_subset, shard=shard)
     model.to(device)
@@ -88,7 +90,7 @@ def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: Im
                                   scheduler=scheduler, cuda_graph=graph_size)
         step = by_batch_size(full, graphed, step)
     return Loop(model, net, train_loader, test_loader, optimizer, scheduler, step, graphed, plan,
-                list(train.classes))
+                list(train.classes), recipe.test_flip)
 
 
 def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epochs: int, *, warmup: bool,
@@ -157,7 +159,8 @@ def _check_finite(world: World, loss_sum: torch.Tensor, epoch: int, step: int) -
 def test_accuracy(loop: Loop, world: World, device: torch.device) -> float:
     """Accuracy on the test set, eagerly (compiled, the test pass would add two more graphs' compilation)."""
     broadcast_buffers(world, loop.model)
-    test = evaluate(loop.model, loop.test_loader, device, amp_dtype=loop.plan.amp, classes=loop.classes)
+    test = evaluate(loop.model, loop.test_loader, device, amp_dtype=loop.plan.amp, classes=loop.classes,
+                    test_flip=loop.test_flip)
     if not world.distributed:
         return test["accuracy"]
     confusion = all_sum(world, test["confusion"].to(device))[0]
