@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -125,6 +126,25 @@ def test_whole_runs_times_each_variant_in_a_process_of_its_own(tmp_path, capsys)
     assert "| variant | seconds (median, min-max) |" in table and "| baseline | " in table
 
 
+def test_time_to_accuracy_times_whole_commands_and_counts_the_seeds_reaching_each_target(tmp_path, monkeypatch,
+                                                                                        capsys):
+    monkeypatch.setenv("MODERNCNN_DATA", str(tmp_path))  # no data there, and no download: the embedded sample
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(BENCH.parent / "src"), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "tta.json"
+    script("time_to_accuracy").main(["lenet_bn", "--seeds", "1", "--json", str(out),
+                                     "--train-args", "--epochs 1 --subset 256 --test-subset 100"])
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "time-to-accuracy" and result["git"]["commit"] and result["torch"]
+    (run,) = result["runs"]
+    assert run["seconds"] > run["train_seconds"] > 0 and run["epochs"] == 1 and 0 <= run["test_acc"] <= 1
+    assert "moderncnn train lenet_bn --recipe fast --seed 0" in run["command"] and "--subset 256" in run["command"]
+    assert run["test_images"] == 100 and run["full_test_set"] is False and result["summary"]["full_test_set"] is False
+    reached = result["summary"]["reached"]
+    assert list(reached) == ["0.90", "0.92", "0.93", "0.94", "0.95"]
+    assert all(v == float(run["test_acc"] >= float(t)) for t, v in reached.items())
+    assert "| lenet_bn | fast | - |" in capsys.readouterr().out
+
+
 def test_whole_runs_ablates_each_option_the_policy_turns_on(monkeypatch):
     import argparse
 
@@ -151,6 +171,8 @@ def test_whole_runs_ablates_each_option_the_policy_turns_on(monkeypatch):
      "book_experiments.py: error: unknown model 'nosuch'"),
     ("whole_runs", ["--data-dir", "/nonexistent"], "whole_runs.py: error: no folder /nonexistent: pass --data-dir"),
     ("parity", ["--seeds", "1"], "parity.py: error: --seeds must be at least 2"),
+    ("time_to_accuracy", ["nosuch"], "time_to_accuracy.py: error: unknown model 'nosuch'"),
+    ("time_to_accuracy", ["alexnet"], "time_to_accuracy.py: error: there is no fast recipe for alexnet"),
     ("parity", ["--models", "lenet,nosuch"], "parity.py: error: unknown model 'nosuch'"),
 ])
 def test_benchmark_scripts_fail_in_one_line(name, args, message):

@@ -237,11 +237,12 @@ class Blowing(Tiny):
 def test_a_finite_loss_that_explodes_stops_the_run_as_nan_does(data8, tmp_path):
     out = tmp_path / "run"
     torch.manual_seed(0)
-    model = Blowing(calm=6)  # 4 classes: over 10 ln 4 = 13.9 is exploded; epoch 2 explodes at once
+    model = Blowing(calm=24)  # 24 steps an epoch; 4 classes: over 10 ln 4 = 13.9 is exploded; epoch 2 explodes
     with pytest.raises(ValueError, match=r"the loss exploded to .* \(over 13\.9, 10x a uniform guess's\) in epoch 2, "
-                                         r"step 1; lr 0\.9 is too high .* \(the checkpoint of epoch 1 in .* is kept\)"):
-        fit(model, "book", out, **kw(data8, lr=0.9, epochs=3))
-    assert model.calls == 7, "stopped at the curve's first point, not at the epoch's end"
+                                         r"step 14; lr 0\.9 is too high .* \(the checkpoint of epoch 1 in .* is "
+                                         r"kept\)"):
+        fit(model, "book", out, **kw(data8, lr=0.9, epochs=3, batch_size=4))
+    assert model.calls == 24 + 14, "stopped at the curves' first point past 10 steps, not at the epoch's end"
     meta = json.loads((out / "run.json").read_text())
     assert (meta["status"], meta["epochs_done"], RunDir(out).checkpoint().epoch) == ("diverged", 1, 1)
 

@@ -39,6 +39,8 @@ class Preprocessing:
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     classes: tuple[str, ...] = ()
     native: int | None = None
+    #: Logits summed over each image and its mirror image, as the run tested (its recipe's ``test_flip``).
+    test_flip: bool = False
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], where: Any = "run.json") -> "Preprocessing":
@@ -50,7 +52,8 @@ class Preprocessing:
                        resize=None if inputs.get("resize") is None else int(inputs["resize"]),
                        normalize=None if norm is None else (tuple(map(float, norm[0])), tuple(map(float, norm[1]))),
                        classes=tuple(str(c) for c in data.get("classes", ())),
-                       native=None if inputs.get("native_size") is None else int(inputs["native_size"]))
+                       native=None if inputs.get("native_size") is None else int(inputs["native_size"]),
+                       test_flip=inputs.get("test_flip") is True)
         except (AttributeError, KeyError, TypeError, ValueError, IndexError):
             raise ValueError(f"{where}: its 'input' or 'data' section is malformed; the run directory is "
                              f"damaged") from None

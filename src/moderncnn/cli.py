@@ -10,6 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from .recipes import RECIPES
 
 
 class CLIError(Exception):
@@ -63,6 +64,17 @@ def parse_model_arg(text: str) -> tuple[str, object]:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return key, value
+
+
+def positive_seconds(text: str) -> float:
+    """``"60"`` -> ``60.0``: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"--time-budget must be a number of seconds > 0, e.g. 60 (got {text!r})")
+    return value
 
 
 def parse_speed(text: str) -> tuple[str, bool]:
@@ -138,11 +150,16 @@ def cmd_train(args: argparse.Namespace) -> None:
             board = TensorBoard(Path(out) / "tensorboard", fresh=args.overwrite)
         except ImportError as e:
             raise CLIError(str(e)) from None
+    budget = {}
+    if args.time_budget is not None:
+        from .train.budget import process_start
+
+        budget = {"time_budget": args.time_budget, "budget_start": process_start()}  # the whole command counts
     result = fit(args.model, args.recipe, out, args.device, seed=args.seed, data_dir=args.data_dir,
                  download=not args.no_download, amp=False if args.no_amp else None, channels_last=args.channels_last,
                  cuda_graph=args.cuda_graph, speed=speed, compile=args.compile_mode or args.compile,
                  resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, command=args.command_line,
-                 init_from=args.init_from, on_epoch_end=board, **overrides)
+                 init_from=args.init_from, on_epoch_end=board, **budget, **overrides)
     if board is not None:
         _board_pictures(board, result, args, out)
     if not args.quiet and _main_process():
@@ -489,9 +506,13 @@ def _add_train(sub) -> None:
                     "--nproc-per-node N -m moderncnn train MODEL ... (each batch split across them).",
     )
     p.add_argument("model", help="a name from 'moderncnn list'")
-    p.add_argument("--recipe", choices=("book", "modern"), default="book",
+    p.add_argument("--recipe", choices=RECIPES, default="book",
                    help="book: d2l's recipe for this model (default); modern: Nesterov momentum, one-cycle, "
-                        "label smoothing, crop + flip (not for the 28-pixel LeNets)")
+                        "label smoothing, crop + flip (not for the 28-pixel LeNets); fast: chosen for time to "
+                        "accuracy (lenet_bn, fastnet)")
+    p.add_argument("--time-budget", type=positive_seconds, metavar="SECONDS",
+                   help="choose the number of epochs so that the whole command ends within SECONDS with the lr "
+                        "schedule complete: a few steps are timed first, and run.json records the choice")
     g = p.add_argument_group("recipe overrides (default: the recipe's value)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--lr", type=float)

@@ -66,13 +66,15 @@ def _batches(data: Any, device: torch.device, batch_size: int, resize: int | Non
 def evaluate(model: nn.Module, data: Any, device: str | torch.device | None = None, *, batch_size: int = 256,
              resize: int | None = None, normalize: Normalize | None = None, channels_last: bool = False,
              amp_dtype: torch.dtype | None = None, classes: Sequence[str] | None = None,
-             subset: int | None = None) -> dict[str, Any]:
+             subset: int | None = None, test_flip: bool | None = None) -> dict[str, Any]:
     """Accuracy, per-class accuracy and confusion matrix of ``model`` on ``data``.
 
     ``data`` is an :class:`~moderncnn.data.ImageDataset` (batched here with ``resize``/``normalize``, by
     default the model's ``preprocessing``, as a trained or loaded model has it) or an iterable of ``(x, y)``
     batches already prepared (e.g. a :class:`~moderncnn.data.DeviceLoader`).
-    ``subset=n``: only the first n images of a fixed class-balanced permutation of an ImageDataset. Counts
+    ``subset=n``: only the first n images of a fixed class-balanced permutation of an ImageDataset.
+    ``test_flip``: sum the logits of each image and its mirror image (default: as the model's
+    ``preprocessing`` says, i.e. as its run tested; else no). Counts
     stay on the device until the end (one host sync). Returns ``{"accuracy": float, "per_class": {class:
     accuracy}, "confusion": int64 tensor [true, predicted], "classes": [...], "num_examples": int}``.
     """
@@ -80,6 +82,8 @@ def evaluate(model: nn.Module, data: Any, device: str | torch.device | None = No
     prep = getattr(model, "preprocessing", None)
     if prep is not None and resize is None and normalize is None:
         resize, normalize = prep.resize, prep.normalize
+    if test_flip is None:
+        test_flip = bool(getattr(prep, "test_flip", False))
     batches, found = _batches(data, device, batch_size, resize, normalize, channels_last, subset)
     classes = list(classes or found or [])
     k = len(classes) or getattr(model, "num_classes", None)
@@ -92,6 +96,8 @@ def evaluate(model: nn.Module, data: Any, device: str | torch.device | None = No
         for x, y in batches:
             with autocast(device, amp_dtype):
                 logits = model(x)
+                if test_flip:  # summed in float: bf16 logits would round the sum
+                    logits = logits.float() + model(x.flip(3)).float()
             confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k)
     finally:
         model.train(was_training)
@@ -230,7 +236,8 @@ def predict(model: nn.Module | str | Path, images: torch.Tensor | Sequence[str |
     with ``normalize=(mean, std)``; ``classes`` default to the preprocessing's, else the class indices as
     strings. Files are read ``batch_size`` at a time, so a folder of any size fits in memory. A file that
     cannot be read is an error; given ``on_error(path, error)``, it is reported there, its entry is None and
-    the other files are predicted.
+    the other files are predicted. A run whose recipe tested with ``test_flip`` predicts from the mean logits
+    of each image and its mirror image.
     """
     if isinstance(model, (str, Path)):
         from .checkpoint import load_checkpoint
@@ -252,13 +259,14 @@ def predict(model: nn.Module | str | Path, images: torch.Tensor | Sequence[str |
 
     channels = prep.channels if prep is not None else getattr(model, "in_channels", 3)
     names = list(classes) if classes else None
+    flip = bool(getattr(prep, "test_flip", False))
     model.eval()
     results: list[list[tuple[str, float]] | None] = []
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]
         if isinstance(chunk, torch.Tensor):
             x = chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk.float()
-            results += _top(model, resize_batch(x, size) if size else x, normalize, device, topk, names)
+            results += _top(model, resize_batch(x, size) if size else x, normalize, device, topk, names, flip)
             continue
         unread: set[Path] = set()
 
@@ -267,18 +275,23 @@ def predict(model: nn.Module | str | Path, images: torch.Tensor | Sequence[str |
             on_error(path, error)
 
         x = read_images(chunk, channels, size, native, skip if on_error is not None else None)
-        tops = iter(_top(model, x, normalize, device, topk, names) if len(x) else [])
+        tops = iter(_top(model, x, normalize, device, topk, names, flip) if len(x) else [])
         results += [None if Path(p) in unread else next(tops) for p in chunk]
     return results
 
 
 def _top(model: nn.Module, x: torch.Tensor, normalize: Normalize | None, device: torch.device, topk: int,
-         names: list[str] | None) -> list[list[tuple[str, float]]]:
-    """Top-k (class, probability) of a float batch in [0, 1], normalised as the run was."""
+         names: list[str] | None, flip: bool = False) -> list[list[tuple[str, float]]]:
+    """Top-k (class, probability) of a float batch in [0, 1], normalised as the run was; ``flip``: from the
+    mean logits of each image and its mirror image, as a run with test-time flip tested."""
     if normalize is not None:
         mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in normalize)
         x = (x - mean) / std
-    probs = model(x.to(device)).float().softmax(1)
+    x = x.to(device)
+    logits = model(x).float()
+    if flip:
+        logits = (logits + model(x.flip(3)).float()) / 2
+    probs = logits.softmax(1)
     top = probs.topk(min(topk, probs.shape[1]), dim=1)
     names = names or [str(c) for c in range(probs.shape[1])]
     values, indices = top.values.cpu(), top.indices.cpu()

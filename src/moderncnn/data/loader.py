@@ -53,8 +53,12 @@ def augment_batch(x: torch.Tensor, padding: int = CROP_PADDING,
     """Random crop with zero padding + random horizontal flip of every image of a batch, in one gather.
 
     Works on any dtype (uint8 is cheapest); random numbers come from ``generator`` on ``x``'s device.
+    ``padding=0``: the flip only.
     """
     b, c, h, w = x.shape
+    if padding == 0:  # a flip only: no gather needed
+        flip = torch.randint(0, 2, (b, 1, 1, 1), device=x.device, generator=generator).bool()
+        return torch.where(flip, x.flip(3), x)
     shifts = torch.randint(0, 2 * padding + 1, (2, b, 1), device=x.device, generator=generator)
     flip = torch.randint(0, 2, (b, 1), device=x.device, generator=generator).bool()
     rows = shifts[0] + torch.arange(h, device=x.device)
@@ -94,7 +98,7 @@ class DeviceLoader:
                  shuffle: bool = False, drop_last: bool = False, resize: int | None = None,
                  augment: bool = False, normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
                  channels_last: bool = False, subset: int | None = None, seed: int = 0,
-                 shard: tuple[int, int] = (0, 1), equal_steps: bool = False):
+                 shard: tuple[int, int] = (0, 1), equal_steps: bool = False, crop_padding: int = CROP_PADDING):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if resize is not None and resize < 1:
@@ -109,7 +113,7 @@ class DeviceLoader:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.shuffle, self.drop_last, self.augment, self.channels_last = shuffle, drop_last, augment, channels_last
-        self.seed = seed
+        self.seed, self.crop_padding = seed, crop_padding
         self.epoch = 0
         images, labels = dataset.images, dataset.labels
         if subset is not None and subset < len(dataset):
@@ -159,7 +163,7 @@ class DeviceLoader:
     def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 batch on the device -> the model's input, as each iteration makes it."""
         if self.augment:
-            x = augment_batch(x, CROP_PADDING, generator)
+            x = augment_batch(x, self.crop_padding, generator)
         x = x.float().div_(255)
         if self.resize is not None:
             x = resize_batch(x, self.resize)

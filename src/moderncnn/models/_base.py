@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..registry import check_size_arg
 
-__all__ = ["ModelBase", "SequentialModel", "linear_like"]
+__all__ = ["ModelBase", "SequentialModel", "FcClassifier", "linear_like"]
 
 
 def linear_like(old: nn.Linear, num_classes: int) -> nn.Linear:
@@ -87,6 +87,20 @@ class ModelBase(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.forward_head(self.forward_features(x))
+
+
+class FcClassifier:
+    """``get_classifier`` / ``reset_classifier`` for a model whose last layer is ``self.fc``, a Linear."""
+
+    fc: nn.Linear
+    num_classes: int
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = linear_like(self.fc, num_classes)
+        self.num_classes = num_classes
 
 
 class SequentialModel(ModelBase, nn.Sequential):

@@ -35,6 +35,8 @@ POINTS_PER_EPOCH = 5
 #: gets there (the first steps of a fresh net sit near 1x), and one that does ends at chance (the modern
 #: recipe at lr 1e4: loss 4.8e8, test acc 0.100).
 EXPLODED = 10
+#: Steps a running mean must span before it is checked within an epoch (the epoch's mean always is).
+EXPLODED_AFTER = 10
 
 
 class Diverged(ValueError):
@@ -62,6 +64,7 @@ class Loop:
     graphed: Any
     plan: SpeedPlan
     classes: list[str]
+    test_flip: bool = False
 
 
 def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: ImageDataset, normalize: Any,
@@ -71,7 +74,8 @@ def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: Im
     shard = (world.rank, world.size)
     train_loader = DeviceLoader(train, recipe.batch_size, device=device, shuffle=True, resize=recipe.resize,
                                 augment=recipe.augment, normalize=norm, channels_last=plan.channels_last,
-                                subset=recipe.subset, seed=seed, shard=shard, equal_steps=True)
+                                subset=recipe.subset, seed=seed, shard=shard, equal_steps=True,
+                                crop_padding=recipe.crop_padding)
     test_loader = DeviceLoader(test, recipe.batch_size, device=device, resize=recipe.resize, normalize=norm,
                                channels_last=plan.channels_last, subset=recipe.test_subset, shard=shard)
     model.to(device)
@@ -95,7 +99,7 @@ def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: Im
                                   scheduler=scheduler, cuda_graph=graph_size)
         step = by_batch_size(full, graphed, step)
     return Loop(model, net, train_loader, test_loader, optimizer, scheduler, step, graphed, plan,
-                list(train.classes))
+                list(train.classes), recipe.test_flip)
 
 
 def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epochs: int, *, warmup: bool,
@@ -135,7 +139,9 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
             _check_finite(world, loss_sum, epoch + 1, i)
         if i in marks:
             points.append([epoch + i / steps, loss_sum.item() / seen, correct.item() / seen])
-            if not world.distributed:  # one rank alone must not stop: the epoch's end checks the sum over all
+            # a mean over a few batches can spike (a tiny data set's first point is one batch); one rank alone
+            # must not stop: the epoch's end checks the mean over every step and rank
+            if i >= EXPLODED_AFTER and not world.distributed:
                 _check_not_exploded(points[-1][1], len(loop.classes), epoch + 1, i)
             if on_point is not None:
                 t = time.perf_counter()
@@ -174,7 +180,8 @@ def _check_not_exploded(mean_loss: float, classes: int, epoch: int, step: int) -
 def test_accuracy(loop: Loop, world: World, device: torch.device) -> float:
     """Accuracy on the test set, eagerly (compiled, the test pass would add two more graphs' compilation)."""
     broadcast_buffers(world, loop.model)
-    test = evaluate(loop.model, loop.test_loader, device, amp_dtype=loop.plan.amp, classes=loop.classes)
+    test = evaluate(loop.model, loop.test_loader, device, amp_dtype=loop.plan.amp, classes=loop.classes,
+                    test_flip=loop.test_flip)
     if not world.distributed:
         return test["accuracy"]
     confusion = all_sum(world, test["confusion"].to(device))[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import platform
 import shlex
 import subprocess
@@ -35,7 +36,7 @@ def run_metadata(name: str, recipe: Recipe, seed: int, train: ImageDataset, test
         "seed": seed,
         "speed": plan.as_dict(),
         "input": {"channels": channels, "native_size": native, "size": recipe.resize or native,
-                  "resize": recipe.resize, "normalize": normalize},
+                  "resize": recipe.resize, "normalize": normalize, "test_flip": recipe.test_flip},
         "data": {"name": train.name, "source": train.source, "is_sample": bool(train.is_sample),
                  "train_size": len(train), "test_size": len(test), "classes": list(train.classes),
                  "train": provenance(train), "test": provenance(test)},
@@ -58,6 +59,9 @@ _RESUME_FREE = ("based_on",)
 def check_resumable(previous: dict[str, Any], here: dict[str, Any], where: Any) -> None:
     """A one-line error unless ``here`` (this command's run.json) continues the run ``previous`` describes."""
     theirs = previous.get("recipe") if isinstance(previous.get("recipe"), dict) else {}
+    # a run from before a recipe value existed trained with its default
+    theirs = {**{f.name: f.default for f in dataclasses.fields(Recipe) if f.name not in theirs
+                 and f.default is not dataclasses.MISSING}, **theirs}
     ours = here["recipe"]
     done = previous.get("epochs_done")
     if isinstance(done, int) and ours["epochs"] < done:  # run.json would say "3 of 2 epochs"

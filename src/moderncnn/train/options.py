@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +43,8 @@ class TrainOptions:
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None
     on_point: Callable[[dict[str, Any]], None] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    time_budget: float | None = None
+    budget_start: float | None = None
 
     def __post_init__(self) -> None:
         compile_mode_of(self.compile)
@@ -52,8 +55,22 @@ class TrainOptions:
             raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
         if (self.train_data is None) != (self.test_data is None):
             raise ValueError("give both train_data and test_data, or neither (then the recipe's dataset is loaded)")
+        self._check_budget()
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
             raise ValueError(f"the seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
+
+    def _check_budget(self) -> None:
+        if self.time_budget is None:
+            return
+        if isinstance(self.time_budget, bool) or not isinstance(self.time_budget, (int, float)) \
+                or not math.isfinite(self.time_budget) or self.time_budget <= 0:
+            raise ValueError(f"the time budget must be a number of seconds > 0, got {self.time_budget!r}")
+        if "epochs" in self.overrides:
+            raise ValueError("--epochs and --time-budget both set the number of epochs: drop --epochs to let the "
+                             "budget choose it, or drop --time-budget")
+        if self.compile_mode is not None:
+            raise ValueError("--time-budget cannot time a compiled model's steps before its compilation: drop "
+                             "--compile or --time-budget")
 
     @property
     def compile_mode(self) -> str | None:

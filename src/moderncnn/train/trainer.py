@@ -12,6 +12,7 @@ import io
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -31,6 +32,7 @@ from ..registry import create_model, get_model_builder
 from ..rundir import RunDir
 from ..storage import load_weights, weights_sha256
 from . import report
+from .budget import BudgetFit, epoch_seconds, epochs_that_fit, measure_epoch
 from .loop import Diverged, Loop, prepare_loop, rng_state, set_rng_state, train_epoch
 from .metadata import check_resumable, now, run_metadata
 from .options import TrainOptions
@@ -68,10 +70,11 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
         speed: dict[str, Any] | None = None, compile: bool | str = False, resume: bool = False,
         overwrite: bool = False, quiet: bool = False, command: str | None = None,
         init_from: str | Path | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-        plot: bool = False, **overrides: Any) -> TrainResult:
+        plot: bool = False, time_budget: float | None = None, budget_start: float | None = None,
+        **overrides: Any) -> TrainResult:
     """Train ``model`` (a registered name or a built model) with a recipe, like the book's ``train_ch6``.
 
-    ``recipe``: ``"book"``, ``"modern"`` or a :class:`~moderncnn.recipes.Recipe`; ``overrides`` replace any
+    ``recipe``: ``"book"``, ``"modern"``, ``"fast"`` or a :class:`~moderncnn.recipes.Recipe`; ``overrides`` replace any
     recipe value (``epochs=2, lr=0.1, batch_size=64, resize=96, subset=1000, test_subset=1000, dataset="mnist",
     model_kwargs={"ratio": 8}``). Data: ``train_data``/``test_data`` (ImageDatasets), else the recipe's
     dataset from ``data_dir``/$MODERNCNN_DATA/the cache (downloaded if allowed; both splits from one place);
@@ -91,6 +94,10 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     book's animator redrawn in place at each of its five points an epoch and at the epoch's end
     (:mod:`moderncnn.show.live`); elsewhere nothing.
 
+    ``time_budget=SECONDS``: the epochs are chosen so that the run, counted from ``budget_start`` (a
+    :func:`time.time`; default: this call; the command line passes its process's start), ends within it with
+    its schedule complete (:mod:`moderncnn.train.budget`; run.json's ``time_budget`` says what was measured).
+
     A loss that becomes NaN or infinite stops the run at once (:class:`~moderncnn.train.loop.Diverged`, a
     ValueError); the last finished epoch's checkpoint is kept and run.json says ``"diverged"``.
 
@@ -107,7 +114,9 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
                            data_dir=data_dir, train_data=train_data, test_data=test_data, download=download,
                            speed={k: v for k, v in speed.items() if v is not None}, compile=compile, resume=resume,
                            overwrite=overwrite, quiet=quiet, command=command, init_from=init_from,
-                           on_epoch_end=on_epoch_end, on_point=on_point, overrides=overrides)
+                           on_epoch_end=on_epoch_end, on_point=on_point, overrides=overrides,
+                           time_budget=time_budget,
+                           budget_start=time.time() if budget_start is None and time_budget else budget_start)
     world = world_from_env()
     device = select_device(local_device(world, options.device))
     joined = join(world, device)
@@ -121,6 +130,8 @@ def _train(options: TrainOptions, world: World, device: torch.device) -> TrainRe
     if isinstance(options.model, str):
         get_model_builder(options.model)  # an unknown name fails before any data is loaded
     recipe = options.base_recipe()
+    if options.time_budget is not None and world.distributed:
+        raise ValueError("--time-budget times one process's steps: drop it under torchrun (give --epochs)")
     if recipe.batch_size < world.size:
         raise ValueError(f"batch size {recipe.batch_size} is smaller than the {world.size} processes that share "
                          f"each batch; pass a larger --batch-size or start fewer processes")
@@ -154,6 +165,12 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
                     init_from=previous.get("init_from"), init_sha256=previous.get("init_sha256"))
         _record_extension(meta, previous)
     loop = prepare_loop(model, recipe, train, test, normalize, plan, device, world, options.seed)
+    if isinstance((previous or {}).get("time_budget"), dict):  # resumed: the start's choice (its epochs are
+        meta["time_budget"] = previous["time_budget"]          # the run's own length, _resumed_length)
+    elif options.time_budget is not None:
+        recipe, loop = _fit_to_budget(options, recipe, loop, device, meta, quiet,
+                                      lambda r: prepare_loop(model, r, train, test, normalize, plan, device, world,
+                                                             options.seed))
     meta["data"].update(train_used=loop.train_loader.num_examples, test_used=loop.test_loader.num_examples)
     history = _restore(run, loop, device) if resuming else []
     meta["epochs_done"] = len(history)
@@ -191,6 +208,21 @@ def _record_extension(meta: dict[str, Any], previous: dict[str, Any]) -> None:
         extended = [*extended, {"from_epochs": theirs, "to_epochs": meta["recipe"]["epochs"], "at": meta["resumed_at"]}]
     if extended:
         meta["extended"] = extended
+
+
+def _fit_to_budget(options: TrainOptions, recipe: Recipe, loop: Loop, device: torch.device, meta: dict[str, Any],
+                   quiet: bool, rebuild: Callable[[Recipe], Loop]) -> tuple[Recipe, Loop]:
+    """The recipe with the epochs that fit ``options.time_budget``, and the loop rebuilt for them (the lr
+    schedule spans the run); said in one line and recorded in run.json."""
+    step, test, commit = measure_epoch(loop, recipe, device, loop.test_loader.num_examples)
+    spent = time.time() - options.budget_start
+    steps = len(loop.train_loader)
+    epochs = epochs_that_fit(options.time_budget, spent, epoch_seconds(step, steps, test, commit))
+    fitted = BudgetFit(options.time_budget, spent, step, steps, test, commit, epochs)
+    recipe = recipe.replace(epochs=epochs)
+    meta.update(recipe=recipe.as_dict(), time_budget=fitted.as_dict())
+    report.say(fitted.line(device.type), quiet)
+    return recipe, rebuild(recipe)
 
 
 def _load_data(options: TrainOptions, recipe: Recipe, world: World,
