@@ -66,38 +66,26 @@ def test_bench_throughput_builds_the_step_the_trainer_plans():
     assert not plan.patch_pool and plan.why["patch_pool"] == "asked for" and loader.batch_size == 256
 
 
-@needs_shared
-def test_book_experiments_tabulates_seeds_and_reuses_finished_runs(tmp_path, monkeypatch, capsys):
+def test_book_experiments_sweeps_with_the_library_and_exports_the_small_files(tmp_path, capsys):
+    from fixtures import write_fashion_idx
+    from moderncnn.reproduce import Reduction, reproduce
+
     experiments = script("book_experiments")
-    argv = ["--data-dir", str(SHARED), "--models", "lenet", "--seeds", "0,1", "--device", "cpu", "--epochs", "1",
-            "--subset", "512", "--test-subset", "1000", "--resize", "30", "--out", str(tmp_path / "runs"),
-            "--markdown", str(tmp_path / "table.md")]
-    experiments.main(argv)
-    first = (tmp_path / "table.md").read_text()
-    assert ("book recipe, seeds 0,1, overrides {'epochs': 1, 'subset': 512, 'test_subset': 1000, 'resize': 30}"
-            in first)
-    run = json.loads((tmp_path / "runs" / "lenet-book-seed0" / "run.json").read_text())
-    assert run["recipe"]["resize"] == 30 and run["data"]["test_used"] == 1000
-    assert "| lenet |" in first and "| 0.779 / 0.789 |" in first
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["lenet-book-seed0", "lenet-book-seed1"]
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
-
-    monkeypatch.setattr(experiments, "fit", no_training)
-    experiments.main(argv)
-    assert (tmp_path / "table.md").read_text() == first
-
-    # a cut-off call: no new run past the budget; what finished is tabulated and its small files exported
-    export = tmp_path / "export"
-    experiments.main([*argv, "--seeds", "0,1,2", "--time-budget", "0", "--export", str(export)])
-    cut = (tmp_path / "table.md").read_text()
-    assert "| lenet (seeds 0,1) |" in cut and "not run (--time-budget 0 s spent): lenet seed 2" in cut
-    assert sorted(p.name for p in export.iterdir()) == ["lenet-book-seed0", "lenet-book-seed1"]
-    assert sorted(p.name for p in (export / "lenet-book-seed0").iterdir()) == ["curves.png", "metrics.jsonl",
-                                                                                "run.json"]
-    experiments.main([*argv, "--out", str(export)])  # the exported runs tabulate without training
-    assert (tmp_path / "table.md").read_text() == first
+    idx = write_fashion_idx(tmp_path / "idx", train=100, test=40)
+    out, export = tmp_path / "runs", tmp_path / "export"
+    tiny = {"lenet": Reduction({"epochs": 1, "subset": 32, "test_subset": 20}, "a test's one step")}
+    reproduce(["lenet"], out, scale="cpu", settings=tiny, data_dir=idx, device="cpu")
+    report = (out / "report.md").read_text()
+    # the finished run is read back (no new run past the budget), then its small files exported with the report
+    experiments.main(["lenet", "--seeds", "2", "--out", str(out), "--scale", "cpu", "--data-dir", str(idx),
+                      "--device", "cpu", "--time-budget", "0", "--export", str(export)])
+    assert sorted(p.name for p in export.iterdir()) == ["lenet-cpu-seed0", "report-curves.png", "report-test-acc.png",
+                                                          "report.md", "reproduce.json"]
+    assert sorted(p.name for p in (export / "lenet-cpu-seed0").iterdir()) == ["curves.png", "metrics.jsonl",
+                                                                               "run.json"]
+    exported = (export / "report.md").read_text()
+    assert exported == (out / "report.md").read_text() != report  # the second call asked for seed 1 too
+    assert "not run yet (the time budget was spent, or the sweep was stopped): lenet-cpu-seed1." in exported
 
 
 def test_models_md_is_what_model_table_writes(capsys):
@@ -167,8 +155,7 @@ def test_whole_runs_ablates_each_option_the_policy_turns_on(monkeypatch):
     ("whole_runs", ["--models", "lenet,nosuch"], "whole_runs.py: error: unknown model 'nosuch'"),
     ("whole_runs", ["--baseline", "/nonexistent"], "whole_runs.py: error: --baseline /nonexistent holds no"),
     ("bench_throughput", ["--models", "lenet,nosuch"], "bench_throughput.py: error: unknown model 'nosuch'"),
-    ("book_experiments", ["--data-dir", ".", "--models", "lenet,nosuch"],
-     "book_experiments.py: error: unknown model 'nosuch'"),
+    ("book_experiments", ["nosuch", "--out", "/nonexistent/x"], "book_experiments.py: error: unknown experiment nosuch"),
     ("whole_runs", ["--data-dir", "/nonexistent"], "whole_runs.py: error: no folder /nonexistent: pass --data-dir"),
     ("parity", ["--seeds", "1"], "parity.py: error: --seeds must be at least 2"),
     ("time_to_accuracy", ["nosuch"], "time_to_accuracy.py: error: unknown model 'nosuch'"),

@@ -106,7 +106,7 @@ def test_the_api_is_bound_on_first_use_and_a_module_never_hides_its_function():
 
     for name in moderncnn.__all__:
         assert callable(getattr(moderncnn, name)), name
-    for name in ("export", "evaluate", "compare"):
+    for name in ("export", "evaluate", "compare", "reproduce"):
         module = importlib.import_module(f"moderncnn.{name}")  # sets the package's attribute to the module
         assert getattr(moderncnn, name) is getattr(module, name) and not isinstance(getattr(moderncnn, name),
                                                                                     types.ModuleType)

@@ -27,7 +27,7 @@ _API = {
     "summary": "inspect", "shape_walk": "inspect",
     "fit": "train", "TrainResult": "train", "Recipe": "recipes", "get_recipe": "recipes",
     "evaluate": "evaluate", "predict": "evaluate", "load_checkpoint": "checkpoint", "compare": "compare",
-    "export": "export", "read_metadata": "export",
+    "export": "export", "read_metadata": "export", "reproduce": "reproduce",
 }
 __all__ = list(_API)
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported at 
     from .inspect import shape_walk, summary
     from .recipes import Recipe, get_recipe
     from .registry import create_model, get_model_builder, list_models, register_model
+    from .reproduce import reproduce
     from .train import TrainResult, fit
 
 

@@ -36,6 +36,7 @@ VERBS = {
     "compare": "architectures side by side: parameters and MACs, and for trained runs their results",
     "export": "export a trained run or a model to ONNX or .pt2, checked against PyTorch before it is written",
     "show": "pictures of what a trained run learned: filters, activations, saliency, mistakes",
+    "reproduce": "the book's chapter-7 experiments in one sweep of runs, and a report beside the book's figures",
 }
 
 
@@ -433,6 +434,57 @@ def _add_export(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from .reproduce import reproduce
+
+    out = args.out
+    if args.report_only:  # --report-only DIR, or --report-only --out DIR
+        if out is not None and out != args.report_only and args.report_only is not True:
+            raise CLIError(f"--report-only {args.report_only} and --out {out} name two folders: give one")
+        out = out if args.report_only is True else args.report_only
+    if out is None:
+        raise CLIError("give the sweep's folder: --out DIR (or --report-only DIR)")
+    result = reproduce(args.experiments or None, out, seeds=args.seeds, scale=args.scale,
+                       time_budget=args.time_budget, data_dir=args.data_dir, device=args.device,
+                       report_only=bool(args.report_only), download=not args.no_download, quiet=not args.verbose)
+    print(f"report: {result.report}")
+    if result.failed:
+        raise CLIError(f"{len(result.failed)} run(s) failed ({', '.join(r.run_dir.name for r in result.failed)}); "
+                       f"their errors are above; the same command again retries them")
+
+
+def _add_reproduce(sub) -> None:
+    from .cliargs import whole_number
+    from .recipes import BOOK_RECIPES
+
+    p = sub.add_parser(
+        "reproduce",
+        help=VERBS["reproduce"],
+        description="Train the book's chapter-7 experiments (default: all nine) for each seed, each into its own "
+                    "run directory OUT/EXPERIMENT-SCALE-seedN, then write OUT/report.md: ours (mean +- sd, "
+                    "min-max over seeds) beside the book's printed figures, the ranking of the architectures, "
+                    "every experiment's curves. Run it again to go on where it stopped: a finished run is read "
+                    "back, an interrupted one resumes, a diverged one is reported as such (docs/reproduce.md).",
+    )
+    p.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+                   help=f"{', '.join(BOOK_RECIPES)} (default: all nine)")
+    p.add_argument("--out", metavar="DIR", help="the sweep's folder: its runs and its report (required)")
+    p.add_argument("--seeds", type=whole_number(1, 1000, "a number of seeds"), default=1, metavar="N",
+                   help="runs per experiment, seeds 0..N-1 (default 1)")
+    p.add_argument("--scale", choices=("book", "cpu"), default="book",
+                   help="book: the book's recipes exactly (default); cpu: sized for a 2-core CPU, all nine in "
+                        "under an hour (smaller images, fewer images and epochs: printed, recorded, and said in "
+                        "the report)")
+    p.add_argument("--time-budget", type=float, metavar="S",
+                   help="start no run after S seconds; what is done is reported")
+    p.add_argument("--report-only", nargs="?", const=True, default=False, metavar="DIR",
+                   help="train nothing: write DIR/report.md (or OUT's) again from the run directories in it")
+    p.add_argument("--verbose", action="store_true", help="each run's progress bar and per-epoch lines")
+    _add_data_location(p)
+    _add_device(p)
+    p.set_defaults(func=cmd_reproduce)
+
+
 def _add_device(p) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
 
@@ -457,7 +509,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"moderncnn {__version__} (torch {version('torch')})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     adders = {"list": _add_list, "summary": _add_summary, "train": _add_train, "eval": _add_eval,
-              "predict": _add_predict, "compare": _add_compare, "export": _add_export, "show": _add_show}
+              "predict": _add_predict, "compare": _add_compare, "export": _add_export, "show": _add_show,
+              "reproduce": _add_reproduce}
     for name, add in adders.items():
         if verb is None or verb == name:
             add(sub)
