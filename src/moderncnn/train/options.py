@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ..recipes import Recipe, get_recipe
 from .speed import SPEED_OPTIONS, compile_mode_of
+from .threads import check_threads
 
 __all__ = ["TrainOptions"]
 
@@ -42,9 +43,11 @@ class TrainOptions:
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None
     on_point: Callable[[dict[str, Any]], None] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         compile_mode_of(self.compile)
+        check_threads(self.threads)
         unknown = sorted(set(self.speed) - set(SPEED_OPTIONS))
         if unknown:
             raise ValueError(f"unknown speed option(s) {', '.join(unknown)}; use {', '.join(SPEED_OPTIONS)}")

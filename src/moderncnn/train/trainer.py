@@ -36,6 +36,7 @@ from .metadata import check_resumable, now, run_metadata
 from .options import TrainOptions
 from .speed import plan_speed
 from .step import init_weights
+from .threads import using_threads
 
 __all__ = ["fit", "TrainResult", "Terminated", "initial_model"]
 
@@ -68,7 +69,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
         speed: dict[str, Any] | None = None, compile: bool | str = False, resume: bool = False,
         overwrite: bool = False, quiet: bool = False, command: str | None = None,
         init_from: str | Path | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-        plot: bool = False, **overrides: Any) -> TrainResult:
+        plot: bool = False, threads: int | None = None, **overrides: Any) -> TrainResult:
     """Train ``model`` (a registered name or a built model) with a recipe, like the book's ``train_ch6``.
 
     ``recipe``: ``"book"``, ``"modern"`` or a :class:`~moderncnn.recipes.Recipe`; ``overrides`` replace any
@@ -89,7 +90,8 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     bar and the per-epoch lines on stderr; the book's closing lines are always printed.
     ``on_epoch_end(epoch_dict)`` is called after each epoch's checkpoint. ``plot=True``: in a notebook, the
     book's animator redrawn in place at each of its five points an epoch and at the epoch's end
-    (:mod:`moderncnn.show.live`); elsewhere nothing.
+    (:mod:`moderncnn.show.live`); elsewhere nothing. ``threads``: torch's CPU threads for this run only
+    (None: torch's default), recorded in run.json.
 
     A loss that becomes NaN or infinite stops the run at once (:class:`~moderncnn.train.loop.Diverged`, a
     ValueError); the last finished epoch's checkpoint is kept and run.json says ``"diverged"``.
@@ -107,12 +109,13 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
                            data_dir=data_dir, train_data=train_data, test_data=test_data, download=download,
                            speed={k: v for k, v in speed.items() if v is not None}, compile=compile, resume=resume,
                            overwrite=overwrite, quiet=quiet, command=command, init_from=init_from,
-                           on_epoch_end=on_epoch_end, on_point=on_point, overrides=overrides)
+                           on_epoch_end=on_epoch_end, on_point=on_point, overrides=overrides, threads=threads)
     world = world_from_env()
     device = select_device(local_device(world, options.device))
     joined = join(world, device)
     try:
-        return _train(options, world, device)
+        with using_threads(options.threads):
+            return _train(options, world, device)
     finally:
         leave(joined)
 
@@ -146,7 +149,7 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
                       compile=options.compile_mode, schedule=recipe.schedule, overrides=options.speed)
     meta = run_metadata(options.name, recipe, options.seed, train, test, normalize, device, options.command, plan,
                         world.size)
-    meta.update(init_from=pretrained, init_sha256=start)
+    meta.update(init_from=pretrained, init_sha256=start, threads=torch.get_num_threads())
     meta["speed"]["keeps_freed_memory"] = keeping_freed_memory()  # the command's choice (keeps_freed_memory)
     if previous is not None:
         check_resumable(previous, meta, run.dir)
