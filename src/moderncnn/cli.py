@@ -37,6 +37,7 @@ VERBS = {
     "export": "export a trained run or a model to ONNX or .pt2, checked against PyTorch before it is written",
     "show": "pictures of what a trained run learned: filters, activations, saliency, mistakes",
     "reproduce": "the book's chapter-7 experiments in one sweep of runs, and a report beside the book's figures",
+    "recipes": "a model's recipes side by side: their values, what differs, and their measured results",
 }
 
 
@@ -128,9 +129,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .evaluate import select_device
     from .train import fit
     from .train.speed import keeps_freed_memory
+    from .trainconfig import configured
 
+    args = configured(args)
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "resize", "subset", "test_subset",
                                                "dataset") if getattr(args, k) is not None}
+    overrides.update({k: getattr(args, k) for k in RECIPE_VALUES if getattr(args, k) is not None})
     model_kwargs = dict(args.model_arg or [])
     check_model_args(model_kwargs)
     if args.ratio is not None:
@@ -142,6 +146,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     speed = dict(args.speed or [])
     if args.malloc and keeps_freed_memory(select_device(args.device))[0]:
         keep_freed_memory()  # process-wide and for good: only here, where the command owns the process
+    if args.dry_run:
+        from .train.estimate import dry_run
+
+        print(dry_run(args.model, args.recipe, args.device, seed=args.seed, data_dir=args.data_dir,
+                      amp=False if args.no_amp else None, channels_last=args.channels_last, cuda_graph=args.cuda_graph,
+                      speed=speed, compile=args.compile_mode or args.compile, init_from=args.init_from,
+                      threads=args.threads, **overrides))
+        return
     out = args.out or Path("runs") / f"{args.model}-{args.recipe}"
     board = None
     if args.tensorboard and _main_process():
@@ -160,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                  download=not args.no_download, amp=False if args.no_amp else None, channels_last=args.channels_last,
                  cuda_graph=args.cuda_graph, speed=speed, compile=args.compile_mode or args.compile,
                  resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, command=args.command_line,
-                 init_from=args.init_from, on_epoch_end=board, **budget, **overrides)
+                 init_from=args.init_from, on_epoch_end=board, threads=args.threads, **budget, **overrides)
     if board is not None:
         _board_pictures(board, result, args, out)
     if not args.quiet and _main_process():
@@ -510,7 +522,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     adders = {"list": _add_list, "summary": _add_summary, "train": _add_train, "eval": _add_eval,
               "predict": _add_predict, "compare": _add_compare, "export": _add_export, "show": _add_show,
-              "reproduce": _add_reproduce}
+              "reproduce": _add_reproduce, "recipes": _add_recipes}
     for name, add in adders.items():
         if verb is None or verb == name:
             add(sub)
@@ -558,7 +570,8 @@ def _add_train(sub) -> None:
                     "the last finished epoch; --resume continues from it. Several GPUs: torchrun "
                     "--nproc-per-node N -m moderncnn train MODEL ... (each batch split across them).",
     )
-    p.add_argument("model", help="a name from 'moderncnn list'")
+    p.add_argument("model", nargs="?", help="a name from 'moderncnn list' (optional with --like or a --config "
+                                            "that names one)")
     p.add_argument("--recipe", choices=RECIPES, default="book",
                    help="book: d2l's recipe for this model (default); modern: Nesterov momentum, one-cycle, "
                         "label smoothing, crop + flip (not for the 28-pixel LeNets); fast: chosen for time to "
@@ -566,7 +579,7 @@ def _add_train(sub) -> None:
     p.add_argument("--time-budget", type=positive_seconds, metavar="SECONDS",
                    help="choose the number of epochs so that the whole command ends within SECONDS with the lr "
                         "schedule complete: a few steps are timed first, and run.json records the choice")
-    g = p.add_argument_group("recipe overrides (default: the recipe's value)")
+    g = p.add_argument_group("recipe (default: the recipe's value; 'moderncnn recipes MODEL' shows them)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--lr", type=float)
     g.add_argument("--batch-size", type=whole_number(1, MAX_BATCH))
@@ -580,6 +593,8 @@ def _add_train(sub) -> None:
     g.add_argument("--ratio", type=int, help="vgg11_book: divide every channel count by RATIO (book: 4)")
     g.add_argument("--model-arg", type=parse_model_arg, action="append", metavar="NAME=VALUE",
                    help="pass a keyword to the model builder, e.g. --model-arg ratio=8 (repeatable)")
+    _add_recipe_values(g)
+    _add_config_options(p)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="fashion-mnist (default), mnist, cifar10, or a folder of class sub-folders")
     _add_data_location(g)
@@ -620,6 +635,67 @@ def _add_train(sub) -> None:
                    help="also write the curves and, at the end, the run's pictures for TensorBoard into "
                         "OUT/tensorboard (needs: pip install \"moderncnn[tensorboard]\")")
     p.set_defaults(func=cmd_train)
+
+
+#: The recipe's values the command line sets beyond epochs/lr/batch/resize/subsets (Recipe's own names).
+RECIPE_VALUES = ("momentum", "nesterov", "weight_decay", "schedule", "label_smoothing", "augment", "crop_padding",
+                 "normalize", "test_flip", "init")
+
+
+def _add_recipe_values(g) -> None:
+    """Every other value of :class:`~moderncnn.recipes.Recipe`; each is checked where the recipe is built."""
+    from .cliargs import whole_number
+
+    g.add_argument("--momentum", type=float, help="SGD momentum (book 0, modern 0.9)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (modern: on)")
+    g.add_argument("--weight-decay", type=float, help="on conv and linear weights (book 0, modern 5e-4)")
+    g.add_argument("--schedule", choices=("constant", "onecycle", "cosine"),
+                   help="lr schedule, per step (book constant, modern onecycle peaking at --lr)")
+    g.add_argument("--label-smoothing", type=float, help="in [0, 1) (book 0, modern 0.1)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (padding 4) + horizontal flip (modern: on, except for the 28-pixel LeNets)")
+    g.add_argument("--crop-padding", type=whole_number(0, 16), metavar="PIXELS",
+                   help="--augment's crop: zero padding of each side (book, modern 4; fast 0: the flip only)")
+    g.add_argument("--test-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="test on each image and its mirror image, summing the logits; eval and predict of the run "
+                        "do the same (fast: on)")
+    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-channel mean/std of the training set (modern: on)")
+    g.add_argument("--init", choices=("xavier", "default"),
+                   help="xavier: d2l's init_weights (book); default: the builder's own")
+
+
+def _add_config_options(p) -> None:
+    from .cliargs import whole_number
+
+    g = p.add_argument_group("config, replay and cost")
+    g.add_argument("--config", metavar="FILE",
+                   help="TOML or JSON of recipe and run values (lr = 0.1, schedule = \"cosine\", model, seed, ...), "
+                        "or a run's run.json: its values become the defaults, flags here override them")
+    g.add_argument("--like", metavar="RUN_DIR",
+                   help="replay a run: its model, recipe, seed and data (flags here change any of them)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the resolved recipe, the data, the speed plan and an estimate of the run's time "
+                        "from a few timed steps; write nothing, train nothing")
+    g.add_argument("--threads", type=whole_number(1, 1024), metavar="N",
+                   help="CPU threads for this run (default: torch's, one per core); restored afterwards")
+
+
+def cmd_recipes(args: argparse.Namespace) -> None:
+    from .recipeview import recipe_table
+    from .registry import get_model_builder
+
+    get_model_builder(args.model)  # an unknown name: the registry's one-line error, with the close names
+    print(recipe_table(args.model))
+
+
+def _add_recipes(sub) -> None:
+    p = sub.add_parser("recipes", help=VERBS["recipes"],
+                       description="Print MODEL's recipes side by side (every value; '*' where they differ) and the "
+                                   "results the project measured with each (docs/results), or 'not measured'.")
+    p.add_argument("model", help="a name from 'moderncnn list'")
+    p.set_defaults(func=cmd_recipes)
 
 
 def _add_eval(sub) -> None:

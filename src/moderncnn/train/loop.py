@@ -22,6 +22,7 @@ from ..data import DeviceLoader, ImageDataset
 from ..distributed import World, all_sum, broadcast_buffers
 from ..evaluate import evaluate
 from ..recipes import Recipe
+from .progress import Ticker
 from .speed import SpeedPlan, compiled
 from .step import build_loss, build_optimizer, build_scheduler, by_batch_size, make_train_step
 
@@ -65,6 +66,7 @@ class Loop:
     plan: SpeedPlan
     classes: list[str]
     test_flip: bool = False
+    told_cost: bool = False  # the run's long-run line (progress.Ticker) said or judged unneeded
 
 
 def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: ImageDataset, normalize: Any,
@@ -126,6 +128,8 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
     bar = tqdm(loop.train_loader, total=len(loop.train_loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                leave=False, disable=quiet or not sys.stderr.isatty())
     steps = len(loop.train_loader)
+    ticker = Ticker(epoch, epochs, steps, loop.train_loader.batch_size, device.type, log=not quiet and bar.disable,
+                    estimate=not quiet and not loop.told_cost)
     marks = {steps * k // POINTS_PER_EPOCH for k in range(1, POINTS_PER_EPOCH + 1)}
     points = []  # the running train loss and accuracy within the epoch (this process's, under torchrun)
     paused = 0.0  # seconds spent in on_point, not training
@@ -135,6 +139,7 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
         loss_sum += batch_loss
         correct += batch_correct
         seen += y.shape[0]
+        ticker.step(i)
         if i % check_every == 0:
             _check_finite(world, loss_sum, epoch + 1, i)
         if i in marks:
@@ -147,6 +152,7 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
                 t = time.perf_counter()
                 on_point({"epoch": epoch + 1, "epochs": epochs, "points": list(points)})
                 paused += time.perf_counter() - t
+    loop.told_cost |= ticker.told
     if world.distributed:
         loss_sum, correct, total = all_sum(world, loss_sum, correct, torch.tensor(seen, device=device))
         seen = int(total)

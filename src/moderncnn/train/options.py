@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from ..recipes import Recipe, get_recipe
 from .speed import SPEED_OPTIONS, compile_mode_of
+from .threads import check_threads
 
 __all__ = ["TrainOptions"]
 
@@ -45,9 +46,11 @@ class TrainOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
     time_budget: float | None = None
     budget_start: float | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         compile_mode_of(self.compile)
+        check_threads(self.threads)
         unknown = sorted(set(self.speed) - set(SPEED_OPTIONS))
         if unknown:
             raise ValueError(f"unknown speed option(s) {', '.join(unknown)}; use {', '.join(SPEED_OPTIONS)}")

@@ -38,6 +38,7 @@ from .metadata import check_resumable, now, run_metadata
 from .options import TrainOptions
 from .speed import plan_speed
 from .step import init_weights
+from .threads import using_threads
 
 __all__ = ["fit", "TrainResult", "Terminated", "initial_model"]
 
@@ -71,7 +72,7 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
         overwrite: bool = False, quiet: bool = False, command: str | None = None,
         init_from: str | Path | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
         plot: bool = False, time_budget: float | None = None, budget_start: float | None = None,
-        **overrides: Any) -> TrainResult:
+        threads: int | None = None, **overrides: Any) -> TrainResult:
     """Train ``model`` (a registered name or a built model) with a recipe, like the book's ``train_ch6``.
 
     ``recipe``: ``"book"``, ``"modern"``, ``"fast"`` or a :class:`~moderncnn.recipes.Recipe`; ``overrides`` replace any
@@ -92,7 +93,8 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     bar and the per-epoch lines on stderr; the book's closing lines are always printed.
     ``on_epoch_end(epoch_dict)`` is called after each epoch's checkpoint. ``plot=True``: in a notebook, the
     book's animator redrawn in place at each of its five points an epoch and at the epoch's end
-    (:mod:`moderncnn.show.live`); elsewhere nothing.
+    (:mod:`moderncnn.show.live`); elsewhere nothing. ``threads``: torch's CPU threads for this run only
+    (None: torch's default), recorded in run.json.
 
     ``time_budget=SECONDS``: the epochs are chosen so that the run, counted from ``budget_start`` (a
     :func:`time.time`; default: this call; the command line passes its process's start), ends within it with
@@ -116,12 +118,14 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
                            overwrite=overwrite, quiet=quiet, command=command, init_from=init_from,
                            on_epoch_end=on_epoch_end, on_point=on_point, overrides=overrides,
                            time_budget=time_budget,
-                           budget_start=time.time() if budget_start is None and time_budget else budget_start)
+                           budget_start=time.time() if budget_start is None and time_budget else budget_start,
+                           threads=threads)
     world = world_from_env()
     device = select_device(local_device(world, options.device))
     joined = join(world, device)
     try:
-        return _train(options, world, device)
+        with using_threads(options.threads):
+            return _train(options, world, device)
     finally:
         leave(joined)
 
@@ -157,7 +161,7 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
                       compile=options.compile_mode, schedule=recipe.schedule, overrides=options.speed)
     meta = run_metadata(options.name, recipe, options.seed, train, test, normalize, device, options.command, plan,
                         world.size)
-    meta.update(init_from=pretrained, init_sha256=start)
+    meta.update(init_from=pretrained, init_sha256=start, threads=torch.get_num_threads())
     meta["speed"]["keeps_freed_memory"] = keeping_freed_memory()  # the command's choice (keeps_freed_memory)
     if previous is not None:
         check_resumable(previous, meta, run.dir)
