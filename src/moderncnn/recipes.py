@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Recipe", "BookFigures", "BOOK_RECIPES", "BOOK_FIGURES", "BOOK_BUILDS", "RECIPES", "GENERIC",
-           "MODERN_LR", "MODERN_NO_AUGMENT", "OWN_VALUES", "FAST_RECIPES", "get_recipe"]
+           "MODERN_LR", "MODERN_NO_AUGMENT", "OWN_VALUES", "FAST_RECIPES", "get_recipe", "as_recorded_then"]
 
 RECIPES = ("book", "modern", "fast")
 BOOK_BUILDS = ("zh 2.0.0", "en 0.17.5")
@@ -113,6 +113,13 @@ class Recipe:
         """``{name: (self's value, other's value)}`` for every value that differs."""
         a, b = self.as_dict(), other.as_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+def as_recorded_then(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A run.json's recipe with the default of every value added since it was written (``crop_padding``,
+    ``test_flip``): the run trained with those defaults, so it compares equal to a recipe that has them."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING}
+    return {**defaults, **recipe}
 
 
 def _book(model: str, lr: float, batch_size: int, resize: int | None, title: str, **model_kwargs: Any) -> Recipe:

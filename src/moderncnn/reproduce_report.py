@@ -11,7 +11,6 @@ listed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import statistics
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .figures import new_figure, save_figure
-from .recipes import BOOK_BUILDS, BOOK_FIGURES, BOOK_RECIPES, Recipe
+from .recipes import BOOK_BUILDS, BOOK_FIGURES, BOOK_RECIPES, as_recorded_then
 from .storage import atomic_write
 
 __all__ = ["RunRecord", "read_runs", "write_report"]
@@ -31,7 +30,6 @@ MANIFEST = "reproduce.json"
 CURVES = "report-curves.png"
 TEST_ACC = "report-test-acc.png"
 NOT_BOOK = "not the book's settings"
-_RECIPE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING}
 #: Recipe values that do not change what is trained: left out when a run's settings are compared with the book's.
 _SAME_RUN = ("based_on", "book")
 
@@ -59,8 +57,7 @@ class RunRecord:
     @property
     def changes(self) -> tuple[tuple[str, Any, Any], ...]:
         """``(value, ours, the book's)`` for each recipe value that is not the book's."""
-        # a run from before a recipe value existed trained with its default (crop_padding, test_flip)
-        ours = {**_RECIPE_DEFAULTS, **self.meta["recipe"]}
+        ours = as_recorded_then(self.meta["recipe"])
         book = BOOK_RECIPES[self.model].as_dict()
         changes = [(k, _hashable(ours.get(k)), _hashable(v)) for k, v in book.items()
                    if k not in _SAME_RUN and ours.get(k) != v]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import platform
 import shlex
 import subprocess
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 
 from ..data import ImageDataset, provenance
-from ..recipes import Recipe
+from ..recipes import Recipe, as_recorded_then
 from .speed import SpeedPlan
 
 __all__ = ["run_metadata", "check_resumable", "now", "versions", "device_name", "git_commit"]
@@ -58,10 +57,7 @@ _RESUME_FREE = ("based_on",)
 
 def check_resumable(previous: dict[str, Any], here: dict[str, Any], where: Any) -> None:
     """A one-line error unless ``here`` (this command's run.json) continues the run ``previous`` describes."""
-    theirs = previous.get("recipe") if isinstance(previous.get("recipe"), dict) else {}
-    # a run from before a recipe value existed trained with its default
-    theirs = {**{f.name: f.default for f in dataclasses.fields(Recipe) if f.name not in theirs
-                 and f.default is not dataclasses.MISSING}, **theirs}
+    theirs = as_recorded_then(previous.get("recipe") if isinstance(previous.get("recipe"), dict) else {})
     ours = here["recipe"]
     done = previous.get("epochs_done")
     if isinstance(done, int) and ours["epochs"] < done:  # run.json would say "3 of 2 epochs"
