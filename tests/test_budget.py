@@ -15,7 +15,7 @@ from moderncnn.data import augment_batch
 from moderncnn.evaluate import evaluate
 from moderncnn.recipes import FAST_RECIPES, Recipe, get_recipe
 from moderncnn.train import fit
-from moderncnn.train.budget import BudgetTooSmall, epochs_that_fit
+from moderncnn.train.budget import BudgetTooSmall
 from moderncnn.train.metadata import check_resumable
 
 from fixtures import offline, write_fashion_idx  # noqa: F401 - offline: a fixture, used by pytestmark
@@ -24,47 +24,60 @@ from test_train import toy
 pytestmark = pytest.mark.usefixtures("offline")
 
 
-@pytest.mark.parametrize("budget_s, spent, epoch, finish", [(60, 3.0, 7.0, 0.3), (15, 2.5, 1.9, 0.3),
-                                                           (300, 4.0, 11.3, 0.0), (30, 0.0, 28.0, 0.0)])
-def test_the_epochs_chosen_are_the_most_that_fit(budget_s, spent, epoch, finish):
-    n = epochs_that_fit(budget_s, spent, epoch, finish, margin=0.05)
-    assert n >= 1
-    assert spent + n * epoch + finish <= budget_s * 0.95
-    assert spent + (n + 1) * epoch + finish > budget_s * 0.95
+M = budget.Measured  # step, test pass, commit, curves (seconds)
+
+
+@pytest.mark.parametrize("budget_s, spent, per_epoch, measured", [
+    (60, 3.0, 235, M(0.03, 0.7, 0.05, 0.4)), (15, 2.5, 235, M(0.008, 0.3, 0.02, 0.3)),
+    (300, 4.0, 235, M(0.045, 0.7, 0.05, 0.4)), (30, 0.0, 10, M(2.5, 1.0, 0.0, 0.0))])
+def test_the_steps_chosen_are_the_most_that_fit(budget_s, spent, per_epoch, measured):
+    steps = budget.steps_that_fit(budget_s, spent, per_epoch, measured, finish=0.3, margin=0.05)
+    assert steps >= per_epoch
+    for n, fits in ((steps, True), (steps + 1, False)):
+        epochs = -(-n // per_epoch)
+        training = n * measured.step + epochs * measured.commit
+        drawings = 1 + training // budget.CURVES_EVERY
+        total = spent + training + drawings * measured.curves + measured.test + 0.3
+        assert (total <= budget_s * 0.95) == fits, (n, total)
 
 
 def test_a_budget_too_small_names_the_smallest_that_fits():
-    with pytest.raises(BudgetTooSmall, match=r"give at least --time-budget 9\b") as e:
-        epochs_that_fit(5, spent=3.0, epoch=5.0, finish=0.0, margin=0.1)  # (3 + 5) / 0.9 = 8.9
+    one = M(1.0, 0.5, 0.25, 0.25)  # an epoch of 3 steps: 3 + 0.5 + 0.25 + 0.25 = 4 s
+    with pytest.raises(BudgetTooSmall, match=r"give at least --time-budget 8\b") as e:
+        budget.steps_that_fit(7, 3.0, 3, one, finish=0.0, margin=0.1)  # (3 + 4) / 0.9 = 7.8
     assert "\n" not in str(e.value)
-    assert epochs_that_fit(9, spent=3.0, epoch=5.0, finish=0.0, margin=0.1) == 1
+    assert budget.steps_that_fit(8, 3.0, 3, one, finish=0.0, margin=0.1) == 3
     with pytest.raises(ValueError, match="> 0"):
-        epochs_that_fit(float("nan"), 1.0, 1.0)
+        budget.steps_that_fit(float("nan"), 1.0, 3, one)
 
 
-def fake_measure(step, test, commit):
-    return lambda loop, recipe, device, test_size: (step, test, commit)
+def fake_measure(step, test, commit, curves=0.0):
+    return lambda loop, recipe, device, test_size, seconds: M(step, test, commit, curves)
 
 
-def test_fit_records_the_budget_and_trains_the_epochs_chosen(tmp_path, monkeypatch):
-    # one step an epoch (64 images, batch 64) of a faked 1 s, 0.5 s of test and of commit: 2 s an epoch
-    monkeypatch.setattr(budget, "measure_epoch", fake_measure(1.0, 0.5, 0.5))
-    monkeypatch.setattr("moderncnn.train.trainer.measure_epoch", budget.measure_epoch)
+def test_fit_records_the_budget_and_trains_the_steps_chosen(tmp_path, monkeypatch):
+    # two steps an epoch (64 images, batch 32) of a faked 1 s each, a 0.5 s test pass and commit
+    monkeypatch.setattr("moderncnn.train.trainer.measure", fake_measure(1.0, 0.5, 0.5))
     result = fit("fastnet", "fast", tmp_path / "run", "cpu", train_data=toy(64, "train"), test_data=toy(16, "test"),
-                 batch_size=64, lr=0.02, quiet=True, time_budget=12, budget_start=time.time() - 1)  # one step
+                 batch_size=32, lr=0.02, quiet=True, time_budget=12, budget_start=time.time() - 1)
     # an epoch at fastnet's 0.2 explodes on noise (loss 17.9 on 4 classes), which would stop the run
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     chosen = meta["time_budget"]
     assert 1 <= chosen["spent"] < 6  # a second before the call, and the start-up of a first run
-    expected = int((12 * (1 - budget.MARGIN) - chosen["spent"] - budget.FINISH_SECONDS) // 2.0)
-    assert chosen["epochs"] == meta["recipe"]["epochs"] == len(result.history) == expected
-    assert chosen["budget"] == 12 and chosen["step_seconds"] == 1.0
-    assert chosen["steps_per_epoch"] == 1 and chosen["epoch_seconds"] == 2.0
+    left = 12 * (1 - budget.MARGIN) - chosen["spent"] - budget.FINISH_SECONDS - 0.5  # the one test pass
+    expected = max(n for n in range(2, 20) if n + 0.5 * -(-n // 2) <= left)  # a step each, a commit an epoch
+    assert chosen["steps"] == expected and chosen["epochs"] == meta["recipe"]["epochs"] == -(-expected // 2)
+    assert len(result.history) == chosen["epochs"] and sum(h["examples"] for h in result.history) == 32 * expected
+    assert chosen["budget"] == 12 and chosen["step_seconds"] == 1.0 and chosen["steps_per_epoch"] == 2
+    # tested once: after the last step
+    assert [h["test_acc"] is None for h in result.history] == [True] * (len(result.history) - 1) + [False]
+    assert result.final["test_acc"] == result.history[-1]["test_acc"]
+    assert (tmp_path / "run" / "curves.png").is_file()
 
 
 def test_the_measurement_leaves_the_run_as_it_was(tmp_path, monkeypatch):
     """The run with a budget trains as the run without one of as many epochs: same weights at the end."""
-    monkeypatch.setattr("moderncnn.train.trainer.epochs_that_fit", lambda *a, **k: 2)  # a real measurement
+    monkeypatch.setattr("moderncnn.train.trainer.steps_that_fit", lambda *a, **k: 4)  # a real measurement
     data = dict(train_data=toy(96, "train"), test_data=toy(16, "test"), batch_size=32, lr=0.02, quiet=True,
                 device="cpu")  # at fastnet's 0.2, two steps an epoch of noise explode (test_fit_records_...)
     timed = fit("fastnet", "fast", time_budget=600, budget_start=time.time(), subset=64, **data)
@@ -160,12 +173,23 @@ def test_runs_from_before_the_new_recipe_values_still_load_and_resume():
         check_resumable(old, changed, "runs/x")
 
 
-def test_a_resumed_budget_run_keeps_the_epochs_it_chose(tmp_path, monkeypatch):
-    monkeypatch.setattr("moderncnn.train.trainer.measure_epoch", fake_measure(1.0, 0.5, 0.5))
-    kw = dict(train_data=toy(64, "train"), test_data=toy(16, "test"), batch_size=64, lr=0.02, quiet=True,
+def test_a_resumed_budget_run_keeps_the_steps_it_chose(tmp_path, monkeypatch):
+    """Interrupted after its first epoch, a budget run of 2.5 epochs resumes to the same weights as one that
+    was never interrupted: its schedule, its cut last epoch and its one test pass are the start's."""
+    monkeypatch.setattr("moderncnn.train.trainer.steps_that_fit", lambda *a, **k: 5)  # 2 steps an epoch
+    kw = dict(train_data=toy(64, "train"), test_data=toy(16, "test"), batch_size=32, lr=0.02, quiet=True,
               device="cpu", time_budget=30)
-    first = fit("fastnet", "fast", tmp_path / "run", budget_start=time.time(), **kw)
-    monkeypatch.setattr("moderncnn.train.trainer.measure_epoch", fake_measure(100.0, 0.5, 0.5))  # would fit none
+    whole = fit("fastnet", "fast", tmp_path / "whole", budget_start=time.time(), **kw)
+
+    def stop(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit("fastnet", "fast", tmp_path / "run", budget_start=time.time(), on_epoch_end=stop, **kw)
+    monkeypatch.setattr("moderncnn.train.trainer.steps_that_fit", lambda *a, **k: 100)  # a new choice: unused
     again = fit("fastnet", "fast", tmp_path / "run", resume=True, budget_start=time.time(), **kw)
-    assert again.recipe.epochs == first.recipe.epochs == len(again.history) > 1
-    assert again.metadata["time_budget"] == first.metadata["time_budget"]
+    assert again.recipe.epochs == whole.recipe.epochs == len(again.history) == 3
+    assert [h["examples"] for h in again.history] == [64, 64, 32]
+    assert again.metadata["time_budget"]["steps"] == 5
+    for a, b in zip(whole.model.state_dict().values(), again.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("offline")
 H100_RUNS = Path(__file__).resolve().parents[1] / "docs" / "results" / "h100" / "runs"
 TINY = {name: Reduction({"epochs": 2, "subset": 64, "test_subset": 50}, "a test's few steps")
         for name in ("lenet", "lenet_bn")}
-REPORT_FILES = ("report.md", "report-curves.png", "report-test-acc.png")
+REPORT_FILES = ("report.md", "report-curves.png", "report-test-acc.png", "report.html")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,9 @@ def test_a_second_identical_call_trains_nothing_and_writes_the_same_report(idx_d
     text = written["report.md"].decode()
     assert "| lenet (cpu scale) |" in text and "| lenet_bn (cpu scale) |" in text and "| 0,1 |" in text
     assert "[lenet_bn-cpu-seed1](lenet_bn-cpu-seed1/)" in text and "0.779 / 0.789" in text
+    page = written["report.html"].decode()  # the same, standalone: its pictures inside it
+    assert '<a href="lenet_bn-cpu-seed1/">lenet_bn-cpu-seed1</a>' in page and "<td>0.779 / 0.789</td>" in page
+    assert page.count('src="data:image/png;base64,iVBOR') == 2 and "report-curves.png" not in page
 
     no_training(monkeypatch)
     again = sweep(out, idx_dir)

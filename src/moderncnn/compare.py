@@ -9,6 +9,7 @@ of its model at the size it was trained at. :func:`plot_runs` draws the runs' cu
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -199,7 +200,8 @@ def plot_runs(rows: list[dict[str, Any]], path: str | Path) -> Path:
     for r in runs:
         epochs = [h["epoch"] for h in r["history"]]
         label = Path(r["run"]).name
-        acc_ax.plot(epochs, [h["test_acc"] for h in r["history"]], marker=".", label=label)
+        acc_ax.plot(epochs, [math.nan if h.get("test_acc") is None else h["test_acc"] for h in r["history"]],
+                    marker=".", label=label)  # None: an epoch not tested (a time-budget run's before its last)
         loss_ax.plot(epochs, [h["loss"] for h in r["history"]], marker=".", label=label)
     for ax, what in ((acc_ax, "test accuracy"), (loss_ax, "train loss")):
         ax.set_xlabel("epoch")

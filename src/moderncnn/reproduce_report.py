@@ -1,7 +1,8 @@
 """The report of a sweep (:mod:`moderncnn.reproduce`), written from its run directories alone.
 
 ``DIR/report.md`` and its pictures (``report-curves.png``: every experiment's curves; ``report-test-acc.png``:
-the test accuracy per epoch of all of them on one plot). Each run directory under DIR holding a run.json of one
+the test accuracy per epoch of all of them on one plot), and ``DIR/report.html``, the same in one file that
+can be mailed or opened anywhere (its pictures inside it). Each run directory under DIR holding a run.json of one
 of the book's experiments counts, whoever wrote it (``moderncnn train``, an older sweep, a folder of runs
 copied from a GPU). Runs are grouped by experiment and by their exact settings, so that runs of other settings
 are never averaged together; a group whose recipe is not the book's says so in its row, and then the title
@@ -11,8 +12,11 @@ listed.
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,7 @@ from .storage import atomic_write
 __all__ = ["RunRecord", "read_runs", "write_report"]
 
 REPORT = "report.md"
+HTML = "report.html"
 #: What a sweep leaves beside its run directories: the runs it asked for (:mod:`moderncnn.reproduce`).
 MANIFEST = "reproduce.json"
 CURVES = "report-curves.png"
@@ -112,7 +117,51 @@ def write_report(folder: str | Path) -> Path:
     lines += _pictures() + _run_table(runs) + _missing(folder, runs, skipped)
     path = folder / REPORT
     atomic_write(path, ("\n".join(lines) + "\n").encode())
+    atomic_write(folder / HTML, as_html(lines, folder).encode())
     return path
+
+
+def as_html(lines: list[str], folder: Path) -> str:
+    """The report's Markdown as one standalone HTML page: the little Markdown it writes (headings, tables,
+    lists, pictures, links, bold, code), pictures embedded, every text escaped."""
+    body, table = [], []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not set("".join(cells)) <= set("-: "):  # the header's rule
+                table.append(cells)
+            continue
+        if table:
+            head, *rows = table
+            body.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+                        + "</table>")
+            table = []
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](", 1)
+            image = folder / src.rstrip(")")
+            data = base64.b64encode(image.read_bytes()).decode() if image.is_file() else ""
+            body.append(f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>')
+        elif line.startswith("- "):
+            body.append(f"<ul><li>{_inline(line[2:])}</li></ul>")
+        elif line:
+            body.append(f"<p>{_inline(line)}</p>")
+    style = ("body{font-family:sans-serif;max-width:80em;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px}"
+             "img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(lines[0].lstrip('# '))}"
+            f"</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    """Markdown's inline marks, on escaped text: `code`, **bold**, [text](link)."""
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', text)
 
 
 Group = tuple[str, tuple, list[RunRecord]]

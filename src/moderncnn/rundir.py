@@ -266,10 +266,11 @@ class RunDir:
                 self.dir.rmdir()
 
     def commit(self, epoch: int, model: torch.nn.Module, state: dict[str, Any], history: list[dict[str, Any]],
-               meta: dict[str, Any], curves_title: str = "") -> Checkpoint:
+               meta: dict[str, Any], curves_title: str = "", curves: bool = True) -> Checkpoint:
         """Make ``epoch`` the run's last finished epoch: weights and state under new names, then the pointer
-        (the commit itself), then the stable ``model.safetensors``, the metrics, the curves and run.json.
-        SIGINT and SIGTERM wait until it is done."""
+        (the commit itself), then the stable ``model.safetensors``, the metrics, the curves (unless
+        ``curves=False``: a short epoch's caller draws them less often; :meth:`repair` brings them up to date)
+        and run.json. SIGINT and SIGTERM wait until it is done."""
         self.checkpoints.mkdir(exist_ok=True)
         ckpt = Checkpoint(epoch, self.checkpoints / f"epoch-{epoch:04d}.safetensors",
                           self.checkpoints / f"epoch-{epoch:04d}.pt")
@@ -281,7 +282,7 @@ class RunDir:
                                                     "state": ckpt.state.name}))
             self._publish(ckpt)
             self._remove_unreferenced(ckpt)
-            self.write_history(history, curves_title)
+            self.write_history(history, curves_title, curves)
             self.write_meta(meta)
         return ckpt
 
@@ -313,10 +314,10 @@ class RunDir:
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write(self.run_json, _json_bytes(meta))
 
-    def write_history(self, history: list[dict[str, Any]], title: str = "") -> None:
-        """metrics.jsonl and curves.png from the history of finished epochs."""
+    def write_history(self, history: list[dict[str, Any]], title: str = "", curves: bool = True) -> None:
+        """metrics.jsonl and (``curves``) curves.png from the history of finished epochs."""
         atomic_write(self.metrics, b"".join(_json_bytes(h, indent=None) for h in history))
-        if history:
+        if history and curves:
             plot_curves(history, self.curves, title=title)
 
     def _publish(self, ckpt: Checkpoint) -> None:

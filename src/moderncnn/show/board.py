@@ -53,7 +53,8 @@ class TensorBoard:
             writer.add_scalar("train/loss", loss, step)
             writer.add_scalar("train/accuracy", acc, step)
         self.seen = start + examples
-        writer.add_scalar("test/accuracy", record["test_acc"], self.seen)
+        if record.get("test_acc") is not None:  # a time-budget run tests after its last epoch only
+            writer.add_scalar("test/accuracy", record["test_acc"], self.seen)
         writer.add_scalar("speed/examples_per_sec", record["examples_per_sec"], self.seen)
         writer.flush()
 

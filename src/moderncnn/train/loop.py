@@ -8,6 +8,7 @@ steps.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -67,11 +68,19 @@ class Loop:
     classes: list[str]
     test_flip: bool = False
     told_cost: bool = False  # the run's long-run line (progress.Ticker) said or judged unneeded
+    #: The run's steps in all, where its last epoch is cut short (a time budget's); None: whole epochs.
+    steps: int | None = None
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Steps of epoch ``epoch`` (from 0): the loader's, or what is left of the run's ``steps``."""
+        whole = len(self.train_loader)
+        return whole if self.steps is None else max(0, min(whole, self.steps - epoch * whole))
 
 
 def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: ImageDataset, normalize: Any,
-                 plan: SpeedPlan, device: torch.device, world: World, seed: int) -> Loop:
-    """The data sets on the device as loaders, the model in its memory format, and the step to call."""
+                 plan: SpeedPlan, device: torch.device, world: World, seed: int, steps: int | None = None) -> Loop:
+    """The data sets on the device as loaders, the model in its memory format, and the step to call.
+    ``steps``: the run's steps in all, its last epoch cut short (the lr schedule spans exactly those)."""
     norm = (normalize[0], normalize[1]) if normalize else None
     shard = (world.rank, world.size)
     train_loader = DeviceLoader(train, recipe.batch_size, device=device, shuffle=True, resize=recipe.resize,
@@ -84,7 +93,7 @@ def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: Im
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, recipe, device)
-    scheduler = build_scheduler(optimizer, recipe, len(train_loader))
+    scheduler = build_scheduler(optimizer, recipe, len(train_loader), steps)
     net = model
     if world.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -101,12 +110,14 @@ def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: Im
                                   scheduler=scheduler, cuda_graph=graph_size)
         step = by_batch_size(full, graphed, step)
     return Loop(model, net, train_loader, test_loader, optimizer, scheduler, step, graphed, plan,
-                list(train.classes), recipe.test_flip)
+                list(train.classes), recipe.test_flip, steps=steps)
 
 
 def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epochs: int, *, warmup: bool,
-                quiet: bool, on_point: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """One epoch: train (timed, one sync at the end), then test accuracy (not timed). Returns its record.
+                quiet: bool, on_point: Callable[[dict[str, Any]], None] | None = None,
+                test: bool = True) -> dict[str, Any]:
+    """One epoch: train (timed, one sync at the end), then test accuracy (not timed; ``test=False``: none, its
+    ``test_acc`` None). Returns its record. The epoch is cut short where the run's ``steps`` end.
 
     ``on_point`` is called at each of the epoch's :data:`POINTS_PER_EPOCH` points with the epoch's record so
     far (``epoch``, ``epochs`` and ``points``; no test accuracy yet), as the book's animator is: a live plot
@@ -125,9 +136,10 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     check_every = 1 if device.type == "cpu" and not world.distributed else CHECK_EVERY
-    bar = tqdm(loop.train_loader, total=len(loop.train_loader), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+    steps = loop.epoch_steps(epoch)
+    batches = loop.train_loader if steps == len(loop.train_loader) else itertools.islice(loop.train_loader, steps)
+    bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                leave=False, disable=quiet or not sys.stderr.isatty())
-    steps = len(loop.train_loader)
     ticker = Ticker(epoch, epochs, steps, loop.train_loader.batch_size, device.type, log=not quiet and bar.disable,
                     estimate=not quiet and not loop.told_cost)
     marks = {steps * k // POINTS_PER_EPOCH for k in range(1, POINTS_PER_EPOCH + 1)}
@@ -143,7 +155,7 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
         if i % check_every == 0:
             _check_finite(world, loss_sum, epoch + 1, i)
         if i in marks:
-            points.append([epoch + i / steps, loss_sum.item() / seen, correct.item() / seen])
+            points.append([epoch + i / len(loop.train_loader), loss_sum.item() / seen, correct.item() / seen])
             # a mean over a few batches can spike (a tiny data set's first point is one batch); one rank alone
             # must not stop: the epoch's end checks the mean over every step and rank
             if i >= EXPLODED_AFTER and not world.distributed:
@@ -156,13 +168,13 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
     if world.distributed:
         loss_sum, correct, total = all_sum(world, loss_sum, correct, torch.tensor(seen, device=device))
         seen = int(total)
-    _check_finite(world, loss_sum, epoch + 1, len(loop.train_loader))
+    _check_finite(world, loss_sum, epoch + 1, steps)
     if seen:
-        _check_not_exploded(loss_sum.item() / seen, len(loop.classes), epoch + 1, len(loop.train_loader))
+        _check_not_exploded(loss_sum.item() / seen, len(loop.classes), epoch + 1, steps)
     train_seconds = time.perf_counter() - t0 - paused
     if seen == 0:
         raise ValueError("the training set is empty: check --subset and the data directory")
-    test_acc = test_accuracy(loop, world, device)
+    test_acc = test_accuracy(loop, world, device) if test else None
     record = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
               "test_acc": test_acc, "examples_per_sec": seen / train_seconds, "train_seconds": train_seconds,
               "examples": seen, "warmup": warmup, "wall_seconds": time.perf_counter() - t0, "points": points}

@@ -61,9 +61,9 @@ def start_line(name: str, recipe: Recipe, world: World, device: torch.device, pr
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    test = "not tested" if record.get("test_acc") is None else f"test acc {record['test_acc']:.3f}"
     return (f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.3f}, train acc {record['train_acc']:.3f}, "
-            f"test acc {record['test_acc']:.3f}, {record['examples_per_sec']:.1f} examples/sec, "
-            f"{record['wall_seconds']:.1f} s")
+            f"{test}, {record['examples_per_sec']:.1f} examples/sec, {record['wall_seconds']:.1f} s")
 
 
 def other_gpus_hint(world: World, device: torch.device) -> str | None:

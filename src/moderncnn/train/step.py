@@ -38,9 +38,10 @@ def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device | Non
                            fused=fused or None, foreach=None if fused else True)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
-    """The recipe's per-step lr schedule, or None for the book's constant lr."""
-    total = recipe.epochs * steps_per_epoch
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int,
+                    steps: int | None = None):
+    """The recipe's per-step lr schedule over its epochs (or ``steps`` in all), or None for a constant lr."""
+    total = recipe.epochs * steps_per_epoch if steps is None else steps
     if recipe.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total)
     if recipe.schedule == "cosine":

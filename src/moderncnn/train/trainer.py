@@ -8,6 +8,7 @@ the result. Each step is a function of this module or of the one named in it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import signal
@@ -32,7 +33,7 @@ from ..registry import create_model, get_model_builder
 from ..rundir import RunDir
 from ..storage import load_weights, weights_sha256
 from . import report
-from .budget import BudgetFit, epoch_seconds, epochs_that_fit, measure_epoch
+from .budget import CURVES_EVERY, BudgetFit, measure, steps_that_fit
 from .loop import Diverged, Loop, prepare_loop, rng_state, set_rng_state, train_epoch
 from .metadata import check_resumable, now, run_metadata
 from .options import TrainOptions
@@ -168,13 +169,9 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
         meta.update(start_time=previous.get("start_time"), resumed_at=meta["start_time"],
                     init_from=previous.get("init_from"), init_sha256=previous.get("init_sha256"))
         _record_extension(meta, previous)
-    loop = prepare_loop(model, recipe, train, test, normalize, plan, device, world, options.seed)
-    if isinstance((previous or {}).get("time_budget"), dict):  # resumed: the start's choice (its epochs are
-        meta["time_budget"] = previous["time_budget"]          # the run's own length, _resumed_length)
-    elif options.time_budget is not None:
-        recipe, loop = _fit_to_budget(options, recipe, loop, device, meta, quiet,
-                                      lambda r: prepare_loop(model, r, train, test, normalize, plan, device, world,
-                                                             options.seed))
+    build = functools.partial(prepare_loop, model, train=train, test=test, normalize=normalize, plan=plan,
+                              device=device, world=world, seed=options.seed)
+    recipe, loop = _sized_loop(options, recipe, build, previous, device, meta, quiet)
     meta["data"].update(train_used=loop.train_loader.num_examples, test_used=loop.test_loader.num_examples)
     history = _restore(run, loop, device) if resuming else []
     meta["epochs_done"] = len(history)
@@ -214,19 +211,30 @@ def _record_extension(meta: dict[str, Any], previous: dict[str, Any]) -> None:
         meta["extended"] = extended
 
 
-def _fit_to_budget(options: TrainOptions, recipe: Recipe, loop: Loop, device: torch.device, meta: dict[str, Any],
-                   quiet: bool, rebuild: Callable[[Recipe], Loop]) -> tuple[Recipe, Loop]:
-    """The recipe with the epochs that fit ``options.time_budget``, and the loop rebuilt for them (the lr
-    schedule spans the run); said in one line and recorded in run.json."""
-    step, test, commit = measure_epoch(loop, recipe, device, loop.test_loader.num_examples)
+def _sized_loop(options: TrainOptions, recipe: Recipe, build: Callable[..., Loop], previous: dict[str, Any] | None,
+                device: torch.device, meta: dict[str, Any], quiet: bool) -> tuple[Recipe, Loop]:
+    """The loop for the run's length: the recipe's epochs; a resumed budget run's steps, chosen at its start;
+    or, for ``options.time_budget``, the steps measured to fit (the lr schedule spans them, the last epoch cut
+    short), said in one line and recorded in run.json."""
+    chosen = (previous or {}).get("time_budget")
+    if isinstance(chosen, dict):
+        meta["time_budget"] = chosen
+        steps = chosen.get("steps")  # None in a run from before budgets chose steps: whole epochs
+        whole = not isinstance(steps, int) or isinstance(steps, bool) or steps < 1
+        return recipe, build(recipe=recipe, steps=None if whole else steps)
+    loop = build(recipe=recipe)
+    if options.time_budget is None:
+        return recipe, loop
+    measured = measure(loop, recipe, device, loop.test_loader.num_examples, options.time_budget)
     spent = time.time() - options.budget_start
-    steps = len(loop.train_loader)
-    epochs = epochs_that_fit(options.time_budget, spent, epoch_seconds(step, steps, test, commit))
-    fitted = BudgetFit(options.time_budget, spent, step, steps, test, commit, epochs)
-    recipe = recipe.replace(epochs=epochs)
+    per_epoch = len(loop.train_loader)
+    steps = steps_that_fit(options.time_budget, spent, per_epoch, measured)
+    fitted = BudgetFit(options.time_budget, spent, measured.step, per_epoch, measured.test, measured.commit,
+                       measured.curves, steps)
+    recipe = recipe.replace(epochs=fitted.epochs)
     meta.update(recipe=recipe.as_dict(), time_budget=fitted.as_dict())
     report.say(fitted.line(device.type), quiet)
-    return recipe, rebuild(recipe)
+    return recipe, build(recipe=recipe, steps=steps)
 
 
 def _load_data(options: TrainOptions, recipe: Recipe, world: World,
@@ -375,12 +383,15 @@ def _train_epochs(options: TrainOptions, world: World, device: torch.device, rec
                   writes: RunDir | None, meta: dict[str, Any], history: list[dict[str, Any]], quiet: bool) -> None:
     """Epoch after epoch, each committed; a stop of any kind leaves the last finished epoch and says so."""
     start = len(history)
+    drawn = time.perf_counter()  # the curves' last drawing: at most every CURVES_EVERY s, and at the end
+    budgeted = isinstance(meta.get("time_budget"), dict)  # tested once, at the end (budget.py says why)
     try:
         with _terminate_as_interrupt(), loop.plan.applied(loop.model):
             for epoch in range(start, recipe.epochs):
+                last = epoch + 1 == recipe.epochs
                 record = train_epoch(loop, world, device, epoch, recipe.epochs,
                                      warmup=loop.plan.compile is not None and epoch == start, quiet=quiet,
-                                     on_point=options.on_point)
+                                     on_point=options.on_point, test=last or not budgeted)
                 if getattr(loop.graphed, "failed", None):  # the capture failed (GraphedStep warned): eager since
                     meta["speed"].update(cuda_graph=False, cuda_graph_failed=loop.graphed.failed)
                 history.append(record)
@@ -388,25 +399,27 @@ def _train_epochs(options: TrainOptions, world: World, device: torch.device, rec
                 if writes is not None:
                     state = {"optimizer": loop.optimizer.state_dict(), "rng": rng_state(device),
                              "scheduler": loop.scheduler.state_dict() if loop.scheduler is not None else None}
-                    writes.commit(epoch + 1, loop.model, state, history, meta, curves_title(meta))
+                    draw = last or time.perf_counter() - drawn >= CURVES_EVERY
+                    writes.commit(epoch + 1, loop.model, state, history, meta, curves_title(meta), curves=draw)
+                    drawn = time.perf_counter() if draw else drawn
                 report.say(report.epoch_line(record, recipe.epochs), quiet)
                 if options.on_epoch_end is not None:
                     options.on_epoch_end(record)
     except Diverged as e:
-        _stop(writes, meta, "diverged")
+        _stop(writes, meta, "diverged", history)
         kept = _kept(writes, history, "is kept")
         raise Diverged(e.epoch, e.step, e.value, f"lr {recipe.lr} is too high for {options.name}: train again "
                        f"with a lower --lr, e.g. {recipe.lr / 10:g}" + (f" ({kept})" if kept else ""),
                        limit=e.limit) from None
     except KeyboardInterrupt:
-        _stop(writes, meta, "interrupted")
+        _stop(writes, meta, "interrupted", history)
         if writes is not None:
             report.say(f"interrupted: {_kept(writes, history, 'is intact')}; to continue, run the same command "
                        f"with --resume (or fit(..., resume=True))", quiet=False)
         raise
     except Exception:
         with contextlib.suppress(OSError):  # a full disk must not hide what failed first
-            _stop(writes, meta, "failed")
+            _stop(writes, meta, "failed", history)
         raise
 
 
@@ -417,10 +430,12 @@ def _kept(writes: RunDir | None, history: list[dict[str, Any]], state: str) -> s
     return f"the checkpoint of epoch {len(history)} in {writes.dir} {state}" if history else "no epoch finished"
 
 
-def _stop(writes: RunDir | None, meta: dict[str, Any], status: str) -> None:
+def _stop(writes: RunDir | None, meta: dict[str, Any], status: str, history: list[dict[str, Any]]) -> None:
+    """run.json says how the run ended; the curves show every committed epoch (they are drawn less often)."""
     if writes is not None:
         meta.update(status=status, end_time=now())
         writes.write_meta(meta)
+        writes.write_history(history, curves_title(meta))
 
 
 @contextlib.contextmanager
