@@ -606,7 +606,8 @@ def _add_train(sub) -> None:
     g.add_argument("--init-from", metavar="WEIGHTS",
                    help="fine-tune: start from a run directory, .safetensors or .pth state dict (e.g. "
                         "torchvision's ImageNet weights for resnet*/vgg*/densenet*); a classifier for another "
-                        "number of classes starts afresh, a 3-channel first conv is summed for grey images")
+                        "number of classes starts afresh, a 3-channel first conv is summed for grey images; "
+                        "--recipe finetune trains ImageNet weights as they expect")
     _add_device(g)
     g.add_argument("--seed", type=int, default=0, help="seed of the init, the shuffle and dropout (default 0)")
     g.add_argument("--compile", action="store_true",
