@@ -19,7 +19,8 @@ from .registry import create_model
 from .rundir import RunDir
 from .storage import describe_mismatch, first_sentence, load_weights, read_safetensors, unwrap, weights_epoch
 
-__all__ = ["Preprocessing", "load_checkpoint", "resolve_run", "read_state_dict", "load_pretrained"]
+__all__ = ["Preprocessing", "load_checkpoint", "resolve_run", "read_state_dict", "load_pretrained",
+           "pretrained_parameters"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,16 @@ def load_pretrained(model: nn.Module, source: str | Path) -> dict[str, Any]:
         raise ValueError(f"{source} does not fit the model {getattr(target, 'model_name', '')}: {why}; "
                          f"start from weights of the same architecture") from None
     return {"source": str(source), "loaded": len(tensors) - len(kept), "kept": kept, "adapted": adapted}
+
+
+def pretrained_parameters(model: nn.Module, record: dict[str, Any] | None) -> frozenset[str]:
+    """The names of ``model``'s parameters that :func:`load_pretrained` loaded, from what it returned (run.json's
+    ``init_from``; None: nothing loaded). Its load is strict, so that is every parameter but the classifier
+    tensors it ``kept``."""
+    if not isinstance(record, dict):
+        return frozenset()
+    kept = set(record.get("kept") or ())
+    return frozenset(name for name, _ in unwrap(model).named_parameters() if name not in kept)
 
 
 def resolve_run(path: str | Path) -> RunDir:

@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .recipes import RECIPES
+from .recipes import NORMALIZE_STATS, RECIPES
 
 
 class CLIError(Exception):
@@ -575,7 +575,8 @@ def _add_train(sub) -> None:
     p.add_argument("--recipe", choices=RECIPES, default="book",
                    help="book: d2l's recipe for this model (default); modern: Nesterov momentum, one-cycle, "
                         "label smoothing, crop + flip (not for the 28-pixel LeNets); fast: chosen for time to "
-                        "accuracy (lenet_bn, fastnet)")
+                        "accuracy (lenet_bn, fastnet); finetune: with --init-from torchvision's ImageNet weights "
+                        "(resnet*, vgg*, densenet*): ImageNet mean/std, the loaded layers at a tenth of the lr")
     p.add_argument("--time-budget", type=positive_seconds, metavar="SECONDS",
                    help="choose the number of epochs so that the whole command ends within SECONDS with the lr "
                         "schedule complete: a few steps are timed first, and run.json records the choice")
@@ -605,7 +606,8 @@ def _add_train(sub) -> None:
     g.add_argument("--init-from", metavar="WEIGHTS",
                    help="fine-tune: start from a run directory, .safetensors or .pth state dict (e.g. "
                         "torchvision's ImageNet weights for resnet*/vgg*/densenet*); a classifier for another "
-                        "number of classes starts afresh, a 3-channel first conv is summed for grey images")
+                        "number of classes starts afresh, a 3-channel first conv is summed for grey images; "
+                        "--recipe finetune trains ImageNet weights as they expect")
     _add_device(g)
     g.add_argument("--seed", type=int, default=0, help="seed of the init, the shuffle and dropout (default 0)")
     g.add_argument("--compile", action="store_true",
@@ -639,7 +641,7 @@ def _add_train(sub) -> None:
 
 #: The recipe's values the command line sets beyond epochs/lr/batch/resize/subsets (Recipe's own names).
 RECIPE_VALUES = ("momentum", "nesterov", "weight_decay", "schedule", "label_smoothing", "augment", "crop_padding",
-                 "normalize", "test_flip", "init")
+                 "normalize", "normalize_stats", "test_flip", "init", "pretrained_lr_scale")
 
 
 def _add_recipe_values(g) -> None:
@@ -661,7 +663,13 @@ def _add_recipe_values(g) -> None:
                    help="test on each image and its mirror image, summing the logits; eval and predict of the run "
                         "do the same (fast: on)")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="per-channel mean/std of the training set (modern: on)")
+                   help="normalise each channel by a mean/std (modern, fast, finetune: on)")
+    g.add_argument("--normalize-stats", choices=NORMALIZE_STATS,
+                   help="--normalize's mean/std: data, the training set's own (modern); imagenet, those "
+                        "torchvision's ImageNet weights were trained with (finetune)")
+    g.add_argument("--pretrained-lr-scale", type=float, metavar="S",
+                   help="the lr of the layers --init-from loaded, as a fraction in [0, 1] of --lr, which the new "
+                        "classifier gets (finetune 0.1; others 1)")
     g.add_argument("--init", choices=("xavier", "default"),
                    help="xavier: d2l's init_weights (book); default: the builder's own")
 

@@ -18,6 +18,9 @@ A model with no book experiment borrows the book recipe of its family (the
 longest book name it starts with, else its family's book form); failing
 that, :data:`GENERIC`. Its resize is clamped to the sizes the model accepts;
 ``Recipe.based_on`` says which recipe was borrowed and why.
+
+``fast`` is chosen for time to accuracy (:data:`FAST_RECIPES`); ``finetune`` starts from torchvision's ImageNet
+weights (``--init-from``; :data:`FINETUNE_MODELS`, :func:`finetune`).
 """
 
 from __future__ import annotations
@@ -28,9 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Recipe", "BookFigures", "BOOK_RECIPES", "BOOK_FIGURES", "BOOK_BUILDS", "RECIPES", "GENERIC",
-           "MODERN_LR", "MODERN_NO_AUGMENT", "OWN_VALUES", "FAST_RECIPES", "get_recipe", "as_recorded_then"]
+           "MODERN_LR", "MODERN_NO_AUGMENT", "OWN_VALUES", "FAST_RECIPES", "FINETUNE_MODELS", "NORMALIZE_STATS",
+           "get_recipe", "as_recorded_then"]
 
-RECIPES = ("book", "modern", "fast")
+RECIPES = ("book", "modern", "fast", "finetune")
+#: What ``normalize`` divides by: "data", the training set's per-channel mean/std; "imagenet", the mean/std
+#: torchvision's ImageNet weights were trained with (:mod:`moderncnn.train.normalization`).
+NORMALIZE_STATS = ("data", "imagenet")
 BOOK_BUILDS = ("zh 2.0.0", "en 0.17.5")
 
 
@@ -72,6 +79,10 @@ class Recipe:
     #: Test on each image and its mirror image, summing the logits (train, test pass and ``moderncnn eval``).
     test_flip: bool = False
     normalize: bool = False
+    #: Whose mean/std ``normalize`` uses: one of :data:`NORMALIZE_STATS`.
+    normalize_stats: str = "data"
+    #: The lr of the layers loaded by ``--init-from``, as a fraction of ``lr`` (which the new classifier gets).
+    pretrained_lr_scale: float = 1.0
     #: The key of :data:`BOOK_FIGURES` this recipe reproduces, if it is one of the book's experiments.
     book: str | None = None
     based_on: str = ""
@@ -93,6 +104,10 @@ class Recipe:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (isinstance(self.crop_padding, int) and 0 <= self.crop_padding <= 16, "crop_padding must be 0 to 16"),
             (isinstance(self.test_flip, bool), "test_flip must be True or False"),
+            (self.normalize_stats in NORMALIZE_STATS, f"normalize_stats must be {' or '.join(NORMALIZE_STATS)}"),
+            # above 1 the trained layers would move faster than the random classifier: no fine-tuning does that
+            (math.isfinite(self.pretrained_lr_scale) and 0 <= self.pretrained_lr_scale <= 1,
+             f"pretrained_lr_scale must be in [0, 1], got {self.pretrained_lr_scale}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -117,7 +132,8 @@ class Recipe:
 
 def as_recorded_then(recipe: dict[str, Any]) -> dict[str, Any]:
     """A run.json's recipe with the default of every value added since it was written (``crop_padding``,
-    ``test_flip``): the run trained with those defaults, so it compares equal to a recipe that has them."""
+    ``test_flip``, ``normalize_stats``, ``pretrained_lr_scale``): the run trained with those defaults, so it
+    compares equal to a recipe that has them."""
     defaults = {f.name: f.default for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING}
     return {**defaults, **recipe}
 
@@ -214,6 +230,38 @@ FAST_RECIPES: dict[str, Recipe] = {r.model: r for r in (
 )}
 
 
+#: The registered models whose ImageNet-1k weights torchvision publishes (its weight enums know each file's
+#: address and checksum): ``--recipe finetune`` is for them.
+FINETUNE_MODELS = frozenset({*(f"resnet{depth}" for depth in (18, 34, 50, 101, 152)),
+                             *(f"vgg{depth}{bn}" for depth in (11, 13, 16, 19) for bn in ("", "_bn")),
+                             *(f"densenet{depth}" for depth in (121, 169, 201))})
+
+#: ``finetune``: the modern recipe (Nesterov SGD, one-cycle, label smoothing 0.1, crop + flip, the family's
+#: modern lr for the new classifier), changed where the network starts from torchvision's ImageNet weights.
+#: One-cycle's warm-up (from lr / 25 over the first 30% of steps) is kept for fine-tuning too: the random
+#: classifier's large first gradients reach the trained layers at a small lr. Unmeasured at full size; a
+#: small measured example is in docs/training.md ("Fine-tuning").
+_FINETUNE = dict(
+    name="finetune",
+    # the inputs the weights were trained on: torchvision's weights.transforms() normalise by ImageNet's mean/std
+    normalize=True, normalize_stats="imagenet",
+    # trained layers at a tenth of the new classifier's lr, adjusted rather than overwritten: DETR's backbone lr
+    # (1e-5 vs 1e-4), ULMFiT's discriminative rates; the classifier starts from nothing and needs the full lr
+    pretrained_lr_scale=0.1,
+    # torchvision's reference scripts' default (the modern recipe's 5e-4 pulls harder towards zero, away from
+    # the weights a run starts from)
+    weight_decay=1e-4,
+    # half the book's 10: trained features need fewer passes (torchvision's fine-tuning tutorial: 15 epochs
+    # of a few hundred images)
+    epochs=5,
+    # the side the weights were trained at (their transforms(): resize 256, centre crop 224); on a CPU a
+    # smaller --resize (64 to 128) trades accuracy for a 3-12x shorter run
+    resize=224,
+    # the new classifier as torchvision's builder initialises it; every other tensor is overwritten anyway
+    init="default",
+)
+
+
 def _source(model: str) -> str | None:
     """The book experiment whose recipe ``model`` uses: its own, its longest prefix, or its family's."""
     if model in BOOK_RECIPES:
@@ -234,13 +282,18 @@ def modernize(recipe: Recipe, source: str | None = None) -> Recipe:
 
 
 def get_recipe(model: str, recipe: str = "book", **overrides: Any) -> Recipe:
-    """The named recipe for a registered model name, with any value overridden.
+    """The named recipe (one of :data:`RECIPES`) for a registered model name, with any value overridden.
 
-    ``get_recipe("vgg11_book", "book", epochs=2, model_kwargs={"ratio": 8})``.
+    ``get_recipe("vgg11_book", "book", epochs=2, model_kwargs={"ratio": 8})``. ``fast`` exists for the models of
+    :data:`FAST_RECIPES`, ``finetune`` for those of :data:`FINETUNE_MODELS`; elsewhere they are one-line errors.
     The resize of a borrowed recipe is not yet fitted to the model; the trainer does that.
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    if recipe == "finetune" and model not in FINETUNE_MODELS:
+        raise ValueError(f"there is no finetune recipe for {model}: it is for the models torchvision has ImageNet "
+                         f"weights for (resnet18..152, vgg11..19 and their _bn forms, densenet121/169/201); to start "
+                         f"{model} from one of your runs, use --init-from RUN_DIR with --recipe modern")
     if recipe == "fast":
         if model not in FAST_RECIPES:
             raise ValueError(f"there is no fast recipe for {model}: it exists for {', '.join(FAST_RECIPES)}; "
@@ -254,12 +307,15 @@ def get_recipe(model: str, recipe: str = "book", **overrides: Any) -> Recipe:
     else:  # the model_kwargs of another model (vgg11_book's ratio) do not carry over
         base = BOOK_RECIPES[source].replace(model=model, model_kwargs={}, book=None,
                                             based_on=f"the book recipe of {source} (no book experiment for {model})")
-    if recipe == "modern":
+    if recipe in ("modern", "finetune"):
         base = modernize(base, source)
     own = OWN_VALUES.get(model)
     if own:
         shown = ", ".join(f"{k} {v}" for k, v in own.items())
         base = base.replace(**own, based_on=f"{base.based_on}, with {shown} (measured: recipes.OWN_VALUES)")
+    if recipe == "finetune":
+        base = base.replace(**_FINETUNE, based_on=f"fine-tuning of torchvision's ImageNet weights: the "
+                                                  f"{base.based_on} with recipes._FINETUNE's changes")
     return _with_overrides(base, overrides)
 
 

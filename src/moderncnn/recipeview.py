@@ -71,12 +71,13 @@ def recipe_table(model: str, root: Path = RESULTS) -> str:
             missing.append(name)
     fields = [k for k in next(iter(recipes.values())).as_dict() if k not in ("model", "name", *_SHOWN_LAST)]
     width = max(12, *(len(_value(getattr(r, k))) + 2 for r in recipes.values() for k in fields))
+    names = max(16, *(len(k) + 1 for k in fields))
     lines = [f"{model}: the {', '.join(recipes)} recipes ('*': differs)",
-             (f"  {'':16}" + "".join(f"{name:<{width}}" for name in recipes)).rstrip()]
+             (" " * (2 + names) + "".join(f"{name:<{width}}" for name in recipes)).rstrip()]
     for k in fields:
         values = [_value(getattr(r, k)) for r in recipes.values()]
         mark = " *" if len(set(values)) > 1 else ""
-        lines.append(f"  {k:16}" + "".join(f"{v:<{width}}" for v in values).rstrip() + mark)
+        lines.append(f"  {k:{names}}" + "".join(f"{v:<{width}}" for v in values).rstrip() + mark)
     lines += [f"  {name}: {r.based_on}" for name, r in recipes.items()]
     runs = measured_runs(model, root)
     lines.append("measured (full data):")

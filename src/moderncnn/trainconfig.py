@@ -1,7 +1,8 @@
 """``moderncnn train --config FILE`` and ``--like RUN_DIR``: a file's values as the command's defaults.
 
 A config file is TOML or JSON with the names of :class:`~moderncnn.recipes.Recipe` (``lr``, ``momentum``,
-``schedule``, ...) and of the run (``model``, ``recipe``, ``seed``, ``data_dir``, ``device``, ``threads``).
+``schedule``, ...) and of the run (``model``, ``recipe``, ``seed``, ``data_dir``, ``device``, ``threads``,
+``init_from``).
 A run's own ``run.json`` is accepted as it is: its ``model``, ``recipe`` (every value of it), ``seed`` and
 data set are taken, the rest (speed, versions, results) left. Flags on the command line override the file,
 as timm's ``--config args.yaml`` does. ``--like`` also replays the run's speed plan (bf16 or fp32, the
@@ -25,7 +26,8 @@ CONFIG_KEYS: dict[str, str] = {
     "lr": _NUMBER, "epochs": _WHOLE, "batch_size": _WHOLE, "resize": _WHOLE, "subset": _WHOLE,
     "test_subset": _WHOLE, "dataset": _TEXT, "init": _TEXT, "momentum": _NUMBER, "nesterov": _FLAG,
     "weight_decay": _NUMBER, "schedule": _TEXT, "label_smoothing": _NUMBER, "augment": _FLAG,
-    "crop_padding": _WHOLE, "normalize": _FLAG, "test_flip": _FLAG, "model_kwargs": "a table of NAME = VALUE",
+    "crop_padding": _WHOLE, "normalize": _FLAG, "normalize_stats": _TEXT, "test_flip": _FLAG,
+    "pretrained_lr_scale": _NUMBER, "init_from": _TEXT, "model_kwargs": "a table of NAME = VALUE",
     "amp": _FLAG, "channels_last": _FLAG, "cuda_graph": _FLAG, "speed": "a table of OPTION = true or false",
 }
 _MAY_BE_NONE = ("resize", "subset", "test_subset")
@@ -114,8 +116,9 @@ def _speed_of(plan: Any, kind: str | None) -> dict[str, Any]:
 
 
 def like_run(run_dir: str | Path, device_kind: str | None = None) -> dict[str, Any]:
-    """What ``--like RUN_DIR`` replays: the run's model, recipe, seed and data (the folder it was read from,
-    where that folder is still there), and on the same ``device_kind`` its speed plan (bf16 or fp32, ...)."""
+    """What ``--like RUN_DIR`` replays: the run's model, recipe, seed, data (the folder it was read from,
+    where that folder is still there) and the weights it started from (``--init-from``), and on the same
+    ``device_kind`` its speed plan (bf16 or fp32, ...)."""
     run_json = Path(run_dir) / "run.json"
     if not run_json.is_file():
         raise ValueError(f"--like {run_dir}: no run.json there; give a run directory written by 'moderncnn train'")
@@ -128,6 +131,9 @@ def like_run(run_dir: str | Path, device_kind: str | None = None) -> dict[str, A
     root = (record.get("train") or {}).get("root") if isinstance(record.get("train"), dict) else None
     if not record.get("is_sample") and isinstance(root, str) and Path(root).is_dir():
         values["data_dir"] = root
+    started = data.get("init_from") if isinstance(data.get("init_from"), dict) else {}
+    if isinstance(started.get("source"), str):  # the weights it started from: a replay starts there too
+        values["init_from"] = started["source"]
     return values
 
 

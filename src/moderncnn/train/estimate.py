@@ -15,19 +15,22 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import pretrained_parameters
 from ..data import ImageDataset
 from ..distributed import world_from_env
 from ..evaluate import select_device
 from ..recipes import Recipe
 from .budget import Measured, measure, run_seconds
 from .loop import prepare_loop
+from .normalization import input_normalization
 from .options import TrainOptions
 from .progress import format_duration, long_run_hint
 from .speed import SpeedPlan, plan_speed
 from .threads import using_threads
-from .trainer import _channel_stats, _load_data, _prepare_model
+from .trainer import _load_data, _prepare_model
 
 __all__ = ["DryRun", "dry_run"]
+
 
 @dataclass
 class DryRun:
@@ -88,12 +91,13 @@ def dry_run(model: torch.nn.Module | str, recipe: str | Recipe = "book", device:
     with using_threads(options.threads) as n, torch.random.fork_rng(devices=forked):
         recipe = options.base_recipe()
         train, test = _load_data(options, recipe, world, None)
-        net, recipe, _ = _prepare_model(options, recipe, train, resuming=False)
-        normalize = _channel_stats(train.images) if recipe.normalize else None
+        net, recipe, started = _prepare_model(options, recipe, train, resuming=False)
+        normalize = input_normalization(recipe, train.images)
         plan = plan_speed(device, net, image_size=recipe.resize or train.images.shape[-1], processes=1,
                           compile=options.compile_mode, schedule=recipe.schedule, overrides=options.speed)
         eager = dataclasses.replace(plan, compile=None)  # compiling would take longer than the estimate
-        loop = prepare_loop(net, recipe, train, test, normalize, eager, device, world, seed)
+        loop = prepare_loop(net, recipe, train, test, normalize, eager, device, world, seed,
+                            pretrained=pretrained_parameters(net, started))
         measured = measure(loop, recipe, device, loop.test_loader.num_examples, budget=0.0, writes=False)
     data = {"name": train.name, "source": train.source, "train_size": len(train), "test_size": len(test),
             "train_used": loop.train_loader.num_examples, "test_used": loop.test_loader.num_examples,

@@ -78,9 +78,11 @@ class Loop:
 
 
 def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: ImageDataset, normalize: Any,
-                 plan: SpeedPlan, device: torch.device, world: World, seed: int, steps: int | None = None) -> Loop:
+                 plan: SpeedPlan, device: torch.device, world: World, seed: int, steps: int | None = None,
+                 pretrained: frozenset[str] = frozenset()) -> Loop:
     """The data sets on the device as loaders, the model in its memory format, and the step to call.
-    ``steps``: the run's steps in all, its last epoch cut short (the lr schedule spans exactly those)."""
+    ``steps``: the run's steps in all, its last epoch cut short (the lr schedule spans exactly those).
+    ``pretrained``: the parameters ``--init-from`` loaded, for their own lr (:func:`.step.build_optimizer`)."""
     norm = (normalize[0], normalize[1]) if normalize else None
     shard = (world.rank, world.size)
     train_loader = DeviceLoader(train, recipe.batch_size, device=device, shuffle=True, resize=recipe.resize,
@@ -92,7 +94,7 @@ def prepare_loop(model: nn.Module, recipe: Recipe, train: ImageDataset, test: Im
     model.to(device)
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, recipe, device)
+    optimizer = build_optimizer(model, recipe, device, pretrained)
     scheduler = build_scheduler(optimizer, recipe, len(train_loader), steps)
     net = model
     if world.distributed:
@@ -179,7 +181,7 @@ def train_epoch(loop: Loop, world: World, device: torch.device, epoch: int, epoc
               "test_acc": test_acc, "examples_per_sec": seen / train_seconds, "train_seconds": train_seconds,
               "examples": seen, "warmup": warmup, "wall_seconds": time.perf_counter() - t0, "points": points}
     if loop.scheduler is not None:
-        record["lr"] = loop.scheduler.get_last_lr()[0]
+        record["lr"] = max(loop.scheduler.get_last_lr())  # the schedule's: the new layers' (pretrained ones: scaled)
     return record
 
 

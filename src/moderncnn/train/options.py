@@ -59,6 +59,10 @@ class TrainOptions:
         if (self.train_data is None) != (self.test_data is None):
             raise ValueError("give both train_data and test_data, or neither (then the recipe's dataset is loaded)")
         self._check_budget()
+        named = self.recipe if isinstance(self.recipe, str) else self.recipe.name
+        if named == "finetune" and self.init_from is None and not self.resume:
+            raise ValueError("--recipe finetune trains weights it starts from: pass --init-from WEIGHTS (torchvision's "
+                             "ImageNet weights: docs/training.md, 'Fine-tuning'), or use --recipe modern from scratch")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
             raise ValueError(f"the seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
 

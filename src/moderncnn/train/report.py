@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..distributed import World
-from ..recipes import BOOK_FIGURES, BOOK_RECIPES, Recipe
+from ..recipes import BOOK_FIGURES, BOOK_RECIPES, FINETUNE_MODELS, Recipe
 
 __all__ = ["format_final", "summarise", "start_line", "epoch_line", "where"]
 
@@ -75,8 +76,11 @@ def other_gpus_hint(world: World, device: torch.device) -> str | None:
             f"train ... splits every batch across all of them)")
 
 
-def describe_pretrained(report: dict[str, Any], model: torch.nn.Module) -> str:
+def describe_pretrained(report: dict[str, Any], model: torch.nn.Module, recipe: Recipe | None = None) -> str:
     notes = [f"{report['loaded']} tensors"]
+    if recipe is not None and recipe.pretrained_lr_scale != 1:
+        notes[0] += (f", trained at lr {recipe.lr * recipe.pretrained_lr_scale:g} (x{recipe.pretrained_lr_scale:g} "
+                     f"of the new layers' {recipe.lr:g})")
     if report["kept"]:
         notes.append(f"classifier for {getattr(model, 'num_classes', '?')} classes initialised afresh "
                      f"({', '.join(report['kept'])})")
@@ -84,6 +88,17 @@ def describe_pretrained(report: dict[str, Any], model: torch.nn.Module) -> str:
         notes.append(f"{', '.join(report['adapted'])} adapted to {getattr(model, 'in_channels', '?')} input "
                      f"channel(s)")
     return f"starting from {report['source']}: " + "; ".join(notes)
+
+
+def finetune_hint(recipe: Recipe, init_from: Any) -> str | None:
+    """A line for a weights file (torchvision's ``.pth``) trained with the default book recipe, where the model
+    has a finetune recipe; the run keeps the recipe it was given."""
+    if init_from is None or recipe.name != "book" or recipe.model not in FINETUNE_MODELS \
+            or Path(init_from).suffix not in (".pth", ".pt"):
+        return None
+    return (f"(the book recipe trains {Path(init_from).name} with plain SGD on images not normalised as ImageNet "
+            f"weights expect; --recipe finetune (recipe=\"finetune\") adds ImageNet's mean/std, momentum and a "
+            f"tenth of the lr for the loaded layers)")
 
 
 #: How far the test accuracy of a run's last epochs may fall back before the closing lines say it swings.

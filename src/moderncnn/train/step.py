@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 import torch
 import torch.nn as nn
@@ -12,7 +12,8 @@ from ..evaluate import autocast
 from ..recipes import Recipe
 from ..storage import unwrap
 
-__all__ = ["init_weights", "build_optimizer", "build_scheduler", "build_loss", "make_train_step", "TrainStep"]
+__all__ = ["init_weights", "build_optimizer", "build_scheduler", "lr_groups", "build_loss", "make_train_step",
+           "TrainStep"]
 
 
 def init_weights(model: nn.Module) -> nn.Module:
@@ -24,15 +25,32 @@ def init_weights(model: nn.Module) -> nn.Module:
     return model.apply(init)
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device | None = None) -> torch.optim.SGD:
-    """Plain SGD for the book; momentum/Nesterov and weight decay on conv/linear weights only for others."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if recipe.weight_decay:
-        decay = [p for p in params if p.dim() > 1]
-        rest = [p for p in params if p.dim() <= 1]
-        groups: Any = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device | None = None,
+                    pretrained: Collection[str] = ()) -> torch.optim.SGD:
+    """Plain SGD for the book; momentum/Nesterov and weight decay on conv/linear weights only for others.
+
+    ``pretrained``: the names of the parameters ``--init-from`` loaded
+    (:func:`~moderncnn.checkpoint.pretrained_parameters`). Unless ``recipe.pretrained_lr_scale`` is 1, they
+    train at ``lr * pretrained_lr_scale`` in groups of their own (marked ``"pretrained": True``), the rest (the
+    new classifier) at ``lr``; :func:`build_scheduler` keeps that ratio at every step.
+    """
+    named = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+    split = bool(pretrained) and recipe.pretrained_lr_scale != 1
+    if split:  # without one, the groups are those of every run before the scale existed (their resume)
+        parts = [([p for n, p in named if n in pretrained], {"lr": recipe.lr * recipe.pretrained_lr_scale,
+                                                             "pretrained": True}),
+                 ([p for n, p in named if n not in pretrained], {"lr": recipe.lr, "pretrained": False})]
     else:
-        groups = params
+        parts = [([p for _, p in named], {})]
+    groups: Any = []
+    for params, extra in parts:
+        if recipe.weight_decay:
+            groups += [{"params": [p for p in params if p.dim() > 1], "weight_decay": recipe.weight_decay, **extra},
+                       {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0, **extra}]
+        else:
+            groups.append({"params": params, **extra})
+    if split:
+        groups = [g for g in groups if g["params"]]  # every tensor loaded: no new classifier
     fused = device is not None and device.type == "cuda"
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
                            fused=fused or None, foreach=None if fused else True)
@@ -40,13 +58,22 @@ def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device | Non
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int,
                     steps: int | None = None):
-    """The recipe's per-step lr schedule over its epochs (or ``steps`` in all), or None for a constant lr."""
+    """The recipe's per-step lr schedule over its epochs (or ``steps`` in all), or None for a constant lr.
+    Each parameter group follows it from its own lr (the pretrained layers' scaled one, :func:`build_optimizer`)."""
     total = recipe.epochs * steps_per_epoch if steps is None else steps
     if recipe.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total)
+        peaks = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total)
     if recipe.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return None
+
+
+def lr_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each parameter group's tensors, peak lr, weight decay and whether ``--init-from`` loaded them, for
+    run.json (before any step)."""
+    return [{"tensors": len(g["params"]), "lr": g.get("max_lr", g.get("initial_lr", g["lr"])),
+             "weight_decay": g["weight_decay"], "pretrained": g.get("pretrained")} for g in optimizer.param_groups]
 
 
 def build_loss(recipe: Recipe) -> nn.CrossEntropyLoss:

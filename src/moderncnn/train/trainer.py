@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
-from ..checkpoint import Preprocessing, load_pretrained, resolve_run
+from ..checkpoint import Preprocessing, load_pretrained, pretrained_parameters, resolve_run
 from ..cpumem import keeping_freed_memory
 from ..curves import curves_title
 from ..data import ImageDataset, check_provenance, load_sample, load_splits
@@ -36,9 +36,10 @@ from . import report
 from .budget import CURVES_EVERY, BudgetFit, measure, steps_that_fit
 from .loop import Diverged, Loop, prepare_loop, rng_state, set_rng_state, train_epoch
 from .metadata import check_resumable, now, run_metadata
+from .normalization import input_normalization
 from .options import TrainOptions
 from .speed import plan_speed
-from .step import init_weights
+from .step import init_weights, lr_groups
 from .threads import using_threads
 
 __all__ = ["fit", "TrainResult", "Terminated", "initial_model"]
@@ -76,11 +77,12 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
         threads: int | None = None, **overrides: Any) -> TrainResult:
     """Train ``model`` (a registered name or a built model) with a recipe, like the book's ``train_ch6``.
 
-    ``recipe``: ``"book"``, ``"modern"``, ``"fast"`` or a :class:`~moderncnn.recipes.Recipe`; ``overrides`` replace any
-    recipe value (``epochs=2, lr=0.1, batch_size=64, resize=96, subset=1000, test_subset=1000, dataset="mnist",
-    model_kwargs={"ratio": 8}``). Data: ``train_data``/``test_data`` (ImageDatasets), else the recipe's
-    dataset from ``data_dir``/$MODERNCNN_DATA/the cache (downloaded if allowed; both splits from one place);
-    resumed, the run's own data (checked against its checksums). ``out_dir``: a run directory for
+    ``recipe``: ``"book"``, ``"modern"``, ``"fast"``, ``"finetune"`` (with ``init_from``) or a
+    :class:`~moderncnn.recipes.Recipe`; ``overrides`` replace any recipe value (``epochs=2, lr=0.1,
+    batch_size=64, resize=96, subset=1000, test_subset=1000, dataset="mnist", model_kwargs={"ratio": 8}``).
+    Data: ``train_data``/``test_data`` (ImageDatasets), else the recipe's dataset from
+    ``data_dir``/$MODERNCNN_DATA/the cache (downloaded if allowed; both splits from one place); resumed, the
+    run's own data (checked against its checksums). ``out_dir``: a run directory for
     checkpoints, metrics and curves (:mod:`moderncnn.rundir`; None: nothing written, no resume).
 
     Speed (:mod:`moderncnn.train.speed` decides each option for the device and model, and run.json records
@@ -90,8 +92,10 @@ def fit(model: nn.Module | str, recipe: str | Recipe = "book", out_dir: str | Pa
     A built model is re-initialised when the recipe's ``init`` is ``"xavier"``, as ``train_ch6`` does; pass
     ``init="default"`` to keep its weights. ``init_from``: start from trained weights (a run directory, a
     ``.safetensors`` or a ``.pth`` state dict, e.g. torchvision's) after the recipe's init: fine-tuning (see
-    :func:`~moderncnn.checkpoint.load_pretrained`); ignored when resuming. ``quiet`` silences the progress
-    bar and the per-epoch lines on stderr; the book's closing lines are always printed.
+    :func:`~moderncnn.checkpoint.load_pretrained`; ``recipe="finetune"`` trains torchvision's weights as they
+    expect: ImageNet's mean/std, the loaded layers at ``pretrained_lr_scale`` times the lr); ignored when
+    resuming. ``quiet`` silences the progress bar and the per-epoch lines on stderr; the book's closing lines
+    are always printed.
     ``on_epoch_end(epoch_dict)`` is called after each epoch's checkpoint. ``plot=True``: in a notebook, the
     book's animator redrawn in place at each of its five points an epoch and at the epoch's end
     (:mod:`moderncnn.show.live`); elsewhere nothing. ``threads``: torch's CPU threads for this run only
@@ -157,7 +161,7 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
     train, test = _load_data(options, recipe, world, previous)
     model, recipe, pretrained = _prepare_model(options, recipe, train, resuming)
     start = weights_sha256(model)  # before any step: initial_model() proves its rebuild against it
-    normalize = _channel_stats(train.images) if recipe.normalize else None
+    normalize = input_normalization(recipe, train.images)
     plan = plan_speed(device, model, image_size=recipe.resize or train.images.shape[-1], processes=world.size,
                       compile=options.compile_mode, schedule=recipe.schedule, overrides=options.speed)
     meta = run_metadata(options.name, recipe, options.seed, train, test, normalize, device, options.command, plan,
@@ -169,10 +173,12 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
         meta.update(start_time=previous.get("start_time"), resumed_at=meta["start_time"],
                     init_from=previous.get("init_from"), init_sha256=previous.get("init_sha256"))
         _record_extension(meta, previous)
+    loaded = pretrained_parameters(model, meta["init_from"])  # resumed: those the run's start loaded
     build = functools.partial(prepare_loop, model, train=train, test=test, normalize=normalize, plan=plan,
-                              device=device, world=world, seed=options.seed)
+                              device=device, world=world, seed=options.seed, pretrained=loaded)
     recipe, loop = _sized_loop(options, recipe, build, previous, device, meta, quiet)
     meta["data"].update(train_used=loop.train_loader.num_examples, test_used=loop.test_loader.num_examples)
+    meta["lr_groups"] = lr_groups(loop.optimizer)
     history = _restore(run, loop, device) if resuming else []
     meta["epochs_done"] = len(history)
     writes = run if world.main else None
@@ -180,7 +186,8 @@ def _train_claimed(options: TrainOptions, world: World, device: torch.device, re
         writes.begin(meta, resuming)
     report.say(report.start_line(options.name, recipe, world, device, plan.precision, len(history)), quiet)
     for line in (report.other_gpus_hint(world, device),
-                 pretrained and report.describe_pretrained(pretrained, model)):
+                 pretrained and report.describe_pretrained(pretrained, model, recipe),
+                 report.finetune_hint(recipe, options.init_from)):
         if line:
             report.say(line, quiet)
     if world.distributed:  # dropout: other draws on each process
@@ -351,21 +358,6 @@ def _fit_resize(recipe: Recipe, model: nn.Module, native: int, explicit: bool) -
         fitted = min(max(size, lo), hi or size)
     note = f"; resized to {fitted} because {recipe.model or 'the model'} accepts {lo}..{hi or 'any'} pixels"
     return recipe.replace(resize=None if fitted == native else fitted, based_on=recipe.based_on + note)
-
-
-def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units, in float64 chunks (no big float copy)."""
-    c = images.shape[1]
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, len(images), chunk):
-        x = images[i:i + chunk].to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
-        s += x.sum(1)
-        s2 += (x * x).sum(1)
-    n = images.numel() / c
-    mean = s / n
-    std = (s2 / n - mean * mean).clamp_min(1e-12).sqrt()
-    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
 
 
 def _restore(run: RunDir, loop: Loop, device: torch.device) -> list[dict[str, Any]]:
