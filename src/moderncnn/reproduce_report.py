@@ -282,6 +282,11 @@ def _ranking(groups: list[Group]) -> list[str]:
     for b in BOOK_BUILDS:
         agree, pairs = _pairs_agreeing([(v[0], v[1]) for v in ours.values()], b)
         lines.append(f"- pairs of experiments in the book {b}'s order: {agree} of {pairs}")
+    first, *others = BOOK_BUILDS
+    models = sorted({v[0] for v in ours.values()})
+    for b in others:  # how far the book agrees with itself: no measure of ours can be asked to do better
+        agree, pairs = _pairs_agreeing([(m, BOOK_FIGURES[m][first].test_acc) for m in models], b)
+        lines.append(f"- for comparison, the book {first}'s pairs in the book {b}'s order: {agree} of {pairs}")
     return lines + [""]
 
 
