@@ -47,7 +47,7 @@ class Reduction:
 
     changes: dict[str, Any]
     why: str
-    #: Predicted minutes of the run on a 2-core CPU (from 1-core probes, halved; docs/reproduce.md).
+    #: Minutes of the run on a 2-core CPU, as measured (docs/reproduce.md).
     minutes: float | None = None
 
 
@@ -59,23 +59,22 @@ class Reduction:
 _RACE = {"subset": 12_000, "epochs": 5, "test_subset": 2_000}
 _WHY = "one book epoch of images (5 x 12,000), 2,000 test images, as every experiment at this scale"
 
-#: ``--scale cpu``: sized for a 2-core CPU, all nine in under an hour with one seed. Probes on one core of a
-#: Xeon (Sapphire Rapids, bf16 AMX, shared with other work), training images/s (test images/s in brackets):
-#: lenet 9,400 (25,000), lenet_bn 9,300, lenet_bn_scratch 3,800, at 28 px; alexnet 57 (171) at 224 (193: 66);
-#: vgg11_book 35 (74) at 224; nin 46 (118) at 224, 161 (490) at 128, 360 (1,280) at 96; googlenet 81 (290) at
-#: 96, 159 (610) at 64; resnet18_book 75 (300) at 96, 107 (440) at 64; densenet_book 91 (270) at 96, 226 (860)
-#: at 64. ``minutes``: 60,000 training and 10,000 test images at those rates, halved for two cores (two cores
-#: gave 1.5-2x one in the project's earlier measurements; docs/benchmarks.md), startup included: 38 in all.
+#: ``--scale cpu``: sized for a 2-core CPU, all nine in under an hour with one seed. ``minutes``: each run's
+#: wall time in the sweep of docs/results/xeon-amx-2core/chapter-cpu (a 2-core Xeon, Sapphire Rapids with
+#: AMX; its epochs, training and testing), 34 in all, 35.4 for the whole command. They were chosen from
+#: probes on one core (training images/s, test in brackets): lenet 9,400 (25,000), lenet_bn 9,300,
+#: lenet_bn_scratch 3,800, at 28 px; alexnet 57 (171) at 224; vgg11_book 35 (74) at 224; nin 360 (1,280) at
+#: 96; googlenet 159 (610), resnet18_book 107 (440), densenet_book 226 (860) at 64.
 CPU_SCALE: dict[str, Reduction] = {
-    "lenet": Reduction(_RACE, f"28 px as the book; {_WHY}", 0.2),
-    "lenet_bn": Reduction(_RACE, f"28 px as the book; {_WHY}", 0.2),
-    "lenet_bn_scratch": Reduction(_RACE, f"28 px as the book; {_WHY}", 0.3),
-    "alexnet": Reduction(_RACE, f"224 px as the book (its classifier takes 193..224 px); {_WHY}", 9.5),
-    "vgg11_book": Reduction(_RACE, f"224 px as the book (its classifier takes 224..255 px); {_WHY}", 16.0),
-    "nin": Reduction({"resize": 96, **_RACE}, f"96 px instead of 224 (it takes >= 67 px); {_WHY}", 1.5),
-    "googlenet": Reduction({"resize": 64, **_RACE}, f"64 px instead of 96; {_WHY}", 3.4),
-    "resnet18_book": Reduction({"resize": 64, **_RACE}, f"64 px instead of 96; {_WHY}", 5.0),
-    "densenet_book": Reduction({"resize": 64, **_RACE}, f"64 px instead of 96; {_WHY}", 2.4),
+    "lenet": Reduction(_RACE, f"28 px as the book; {_WHY}", 0.05),
+    "lenet_bn": Reduction(_RACE, f"28 px as the book; {_WHY}", 0.05),
+    "lenet_bn_scratch": Reduction(_RACE, f"28 px as the book; {_WHY}", 0.1),
+    "alexnet": Reduction(_RACE, f"224 px as the book (its classifier takes 193..224 px); {_WHY}", 7.9),
+    "vgg11_book": Reduction(_RACE, f"224 px as the book (its classifier takes 224..255 px); {_WHY}", 17.6),
+    "nin": Reduction({"resize": 96, **_RACE}, f"96 px instead of 224 (it takes >= 67 px); {_WHY}", 1.1),
+    "googlenet": Reduction({"resize": 64, **_RACE}, f"64 px instead of 96; {_WHY}", 2.8),
+    "resnet18_book": Reduction({"resize": 64, **_RACE}, f"64 px instead of 96; {_WHY}", 3.7),
+    "densenet_book": Reduction({"resize": 64, **_RACE}, f"64 px instead of 96; {_WHY}", 1.7),
 }
 
 #: ``--scale book`` on a 2-core CPU, from the same probes: predicted hours of each whole 10-epoch run (what the
