@@ -193,3 +193,17 @@ def test_a_resumed_budget_run_keeps_the_steps_it_chose(tmp_path, monkeypatch):
     assert again.metadata["time_budget"]["steps"] == 5
     for a, b in zip(whole.model.state_dict().values(), again.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_replay_of_a_budget_run_says_it_trains_whole_epochs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("moderncnn.train.trainer.steps_that_fit", lambda *a, **k: 3)  # 1.5 epochs of 2 steps
+    data = str(write_fashion_idx(tmp_path / "fashion", train=64, test=16))
+    first = tmp_path / "first"
+    assert main(["train", "fastnet", "--recipe", "fast", "--data-dir", data, "--no-download", "--quiet",
+                 "--batch-size", "32", "--lr", "0.02", "--time-budget", "60", "--out", str(first)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--like", str(first), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {first} was fitted to a 60.0 s time budget (3 steps, its last epoch cut short); this replay " \
+           "trains 2 whole epochs: add --time-budget 60.0" in err
+    assert json.loads((tmp_path / "again" / "run.json").read_text())["recipe"]["epochs"] == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +182,24 @@ def configured(args: argparse.Namespace) -> argparse.Namespace:
         where = f"--config {args.config}" if args.config else f"--like {args.like}"
         args = apply_config(args.verb_parser, argv[argv.index("train") + 1:], values, where)
         args.command_line = "moderncnn " + shlex.join(argv)
+        note = _budget_note(args.like) if args.like and args.time_budget is None else None
+        if note:
+            print(note, file=sys.stderr)
     if args.model is None:
         raise ValueError("name a MODEL ('moderncnn list' shows them), or replay a run with --like RUN_DIR")
     return args
+
+
+def _budget_note(run_dir: str | Path) -> str | None:
+    """A run fitted to a time budget trained its steps, not whole epochs: a replay without the budget says
+    how it differs (one line) rather than differ in silence."""
+    chosen = _read(Path(run_dir) / "run.json").get("time_budget")
+    if not isinstance(chosen, dict) or not isinstance(chosen.get("steps"), int):
+        return None
+    budget = chosen.get("budget")
+    return (f"note: {run_dir} was fitted to a {budget} s time budget ({chosen['steps']:,} steps, its last epoch "
+            f"cut short); this replay trains {chosen.get('epochs')} whole epochs: add --time-budget {budget} to fit "
+            f"the budget again on this machine")
 
 
 def _device_kind(device: str | None) -> str:
