@@ -80,7 +80,7 @@ def test_book_experiments_sweeps_with_the_library_and_exports_the_small_files(tm
     experiments.main(["lenet", "--seeds", "2", "--out", str(out), "--scale", "cpu", "--data-dir", str(idx),
                       "--device", "cpu", "--time-budget", "0", "--export", str(export)])
     assert sorted(p.name for p in export.iterdir()) == ["lenet-cpu-seed0", "report-curves.png", "report-test-acc.png",
-                                                          "report.md", "reproduce.json"]
+                                                          "report.html", "report.md", "reproduce.json"]
     assert sorted(p.name for p in (export / "lenet-cpu-seed0").iterdir()) == ["curves.png", "metrics.jsonl",
                                                                                "run.json"]
     exported = (export / "report.md").read_text()
