@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import shutil
@@ -289,33 +288,6 @@ def test_run_dir_files(data28, tmp_path):
     for k, v in result.model.state_dict().items():
         torch.testing.assert_close(weights[k], v, rtol=0, atol=0)
     assert result.final["loss"] == lines[-1]["loss"] and result.run_dir == out
-
-
-def test_the_curves_are_drawn_at_most_every_30_s_and_always_at_the_end(data28, tmp_path, monkeypatch):
-    import moderncnn.rundir as rundir
-    import moderncnn.train.trainer as trainer
-
-    drawn = []
-    monkeypatch.setattr(rundir, "plot_curves", lambda history, path, title="": drawn.append(len(history)))
-    fit("lenet_bn", "book", tmp_path / "run", train_data=data28[0], test_data=data28[1], **{**FAST, "epochs": 3})
-    assert drawn == [3]  # three quick epochs: one drawing, of all three
-
-    clock = itertools.count(0.0, 20.0)  # every look at the clock 20 s later: each epoch's commit is due
-    monkeypatch.setattr(trainer.time, "perf_counter", lambda: next(clock))
-    drawn.clear()
-    fit("lenet_bn", "book", tmp_path / "slow", train_data=data28[0], test_data=data28[1], **{**FAST, "epochs": 3})
-    assert drawn == [1, 2, 3]
-
-    def stop(record):
-        raise KeyboardInterrupt
-
-    drawn.clear()
-    clock = itertools.count(0.0, 0.5)  # a quick epoch
-    monkeypatch.setattr(trainer.time, "perf_counter", lambda: next(clock))
-    with pytest.raises(KeyboardInterrupt):
-        fit("lenet_bn", "book", tmp_path / "stopped", train_data=data28[0], test_data=data28[1], on_epoch_end=stop,
-            **{**FAST, "epochs": 3})
-    assert drawn == [1]  # the curves of the run as it stopped, though 30 s had not passed
 
 
 def test_fine_tuning_starts_from_trained_weights(data28, tmp_path):

@@ -42,9 +42,6 @@ TIMED_SHARE = 0.01
 #: Seconds from the last epoch's end to the process's exit (run.json, the closing lines; the command line
 #: skips the interpreter's teardown, about a second with torch._dynamo loaded: cli.main).
 FINISH_SECONDS = 0.3
-#: The curves' picture is drawn at most this often during a run (and always after its last epoch):
-#: matplotlib's 0.3-0.5 s an epoch was a tenth of a short epoch's time (trainer.CURVES_EVERY is this).
-CURVES_EVERY = 30.0
 
 
 class BudgetTooSmall(ValueError):
@@ -92,12 +89,10 @@ class BudgetFit:
 
 
 def run_seconds(steps: int, steps_per_epoch: int, m: Measured, tests: int = 1) -> float:
-    """A run of ``steps`` from its first step to its last commit: the steps, a commit an epoch, the curves
-    drawn every CURVES_EVERY seconds and at the end, ``tests`` test passes (a budget run's one; else one an
-    epoch)."""
+    """A run of ``steps`` from its first step to its last commit: the steps, a commit and a drawing of the
+    curves an epoch, ``tests`` test passes (a budget run's one; else one an epoch)."""
     epochs = -(-steps // steps_per_epoch)
-    training = steps * m.step + epochs * m.commit + (tests - 1) * m.test
-    return training + (1 + math.floor(training / CURVES_EVERY)) * m.curves + m.test
+    return steps * m.step + epochs * (m.commit + m.curves) + tests * m.test
 
 
 def steps_that_fit(budget: float, spent: float, steps_per_epoch: int, measured: Measured,

@@ -33,7 +33,7 @@ from ..registry import create_model, get_model_builder
 from ..rundir import RunDir
 from ..storage import load_weights, weights_sha256
 from . import report
-from .budget import CURVES_EVERY, BudgetFit, measure, steps_that_fit
+from .budget import BudgetFit, measure, steps_that_fit
 from .loop import Diverged, Loop, prepare_loop, rng_state, set_rng_state, train_epoch
 from .metadata import check_resumable, now, run_metadata
 from .normalization import input_normalization
@@ -375,7 +375,6 @@ def _train_epochs(options: TrainOptions, world: World, device: torch.device, rec
                   writes: RunDir | None, meta: dict[str, Any], history: list[dict[str, Any]], quiet: bool) -> None:
     """Epoch after epoch, each committed; a stop of any kind leaves the last finished epoch and says so."""
     start = len(history)
-    drawn = time.perf_counter()  # the curves' last drawing: at most every CURVES_EVERY s, and at the end
     budgeted = isinstance(meta.get("time_budget"), dict)  # tested once, at the end (budget.py says why)
     try:
         with _terminate_as_interrupt(), loop.plan.applied(loop.model):
@@ -391,27 +390,25 @@ def _train_epochs(options: TrainOptions, world: World, device: torch.device, rec
                 if writes is not None:
                     state = {"optimizer": loop.optimizer.state_dict(), "rng": rng_state(device),
                              "scheduler": loop.scheduler.state_dict() if loop.scheduler is not None else None}
-                    draw = last or time.perf_counter() - drawn >= CURVES_EVERY
-                    writes.commit(epoch + 1, loop.model, state, history, meta, curves_title(meta), curves=draw)
-                    drawn = time.perf_counter() if draw else drawn
+                    writes.commit(epoch + 1, loop.model, state, history, meta, curves_title(meta))
                 report.say(report.epoch_line(record, recipe.epochs), quiet)
                 if options.on_epoch_end is not None:
                     options.on_epoch_end(record)
     except Diverged as e:
-        _stop(writes, meta, "diverged", history)
+        _stop(writes, meta, "diverged")
         kept = _kept(writes, history, "is kept")
         raise Diverged(e.epoch, e.step, e.value, f"lr {recipe.lr} is too high for {options.name}: train again "
                        f"with a lower --lr, e.g. {recipe.lr / 10:g}" + (f" ({kept})" if kept else ""),
                        limit=e.limit) from None
     except KeyboardInterrupt:
-        _stop(writes, meta, "interrupted", history)
+        _stop(writes, meta, "interrupted")
         if writes is not None:
             report.say(f"interrupted: {_kept(writes, history, 'is intact')}; to continue, run the same command "
                        f"with --resume (or fit(..., resume=True))", quiet=False)
         raise
     except Exception:
         with contextlib.suppress(OSError):  # a full disk must not hide what failed first
-            _stop(writes, meta, "failed", history)
+            _stop(writes, meta, "failed")
         raise
 
 
@@ -422,12 +419,10 @@ def _kept(writes: RunDir | None, history: list[dict[str, Any]], state: str) -> s
     return f"the checkpoint of epoch {len(history)} in {writes.dir} {state}" if history else "no epoch finished"
 
 
-def _stop(writes: RunDir | None, meta: dict[str, Any], status: str, history: list[dict[str, Any]]) -> None:
-    """run.json says how the run ended; the curves show every committed epoch (they are drawn less often)."""
+def _stop(writes: RunDir | None, meta: dict[str, Any], status: str) -> None:
     if writes is not None:
         meta.update(status=status, end_time=now())
         writes.write_meta(meta)
-        writes.write_history(history, curves_title(meta))
 
 
 @contextlib.contextmanager
